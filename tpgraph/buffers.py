@@ -1,0 +1,125 @@
+"""Preallocated arrays of one plan at one batch size.
+
+Everything the per-batch loop writes lives here, allocated once: values
+``H [m, B, n]`` per stack (an extended ``Hext [m+1, B, n]`` for chains, whose
+row 0 holds the chain's initial input), displacements ``D`` (target minus
+value), ``delta`` (``D * act'``, then the local-loss gradient at the
+pre-activation), per-slot proposals ``P`` (the displacement each credit edge
+proposes to its source), gathered inputs, and the inverse's buffers. 2-D views
+(``[m*B, n]``) are made here too, so the loop never reshapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .nodes import Dense, IndexInput
+from .plan import Plan, Stack
+
+
+def _2d(a):
+    return a.reshape(-1, a.shape[-1])
+
+
+class SlotBuffers:
+    """Arrays of one input slot of a stack."""
+
+    __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
+                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "ready")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+
+class StackBuffers:
+    """Arrays of one stack."""
+
+    def __init__(self, st: Stack, plan: Plan, B: int, dtype, stacks_buf: list["StackBuffers"]):
+        m, n = st.m, st.size
+        node = st.node
+        self.stack = st
+        self.hext = None
+        if isinstance(node, IndexInput):
+            self.h = np.zeros((m, B), dtype=np.int64)
+            self.h1 = self.h.reshape(-1)
+            self.h2 = None
+        elif st.chain:
+            self.hext = np.zeros((m + 1, B, n), dtype=dtype)
+            self.h = self.hext[1:]
+            self.h2 = _2d(self.h)
+            self.hprev2 = _2d(self.hext[:-1])
+        else:
+            self.h = np.zeros((m, B, n), dtype=dtype)
+            self.h2 = _2d(self.h)
+        self.d = np.zeros((m, B, n), dtype=dtype) if st.needs_target else None
+        self.d2 = _2d(self.d) if self.d is not None else None
+        self.delta = None
+        if isinstance(node, Dense):
+            self.delta = np.zeros((m, B, n), dtype=dtype)
+            self.delta2 = _2d(self.delta)
+            self.z2 = np.zeros((m * B, n), dtype=dtype)  # scratch for multi-input sums
+            self.tmp = np.zeros((B, n), dtype=dtype)
+            if st.chain:
+                self.a = np.zeros((m, B, n), dtype=dtype)
+                self.a2 = _2d(self.a)
+        self.loss = np.zeros((m, B), dtype=dtype) if node.is_loss else None
+        self.local = np.zeros(m, dtype=np.float64)
+        inv = np.ones(m, dtype=dtype)
+        if st.counts is not None and st.merge == "mean":
+            inv = np.where(st.counts > 0, 1.0 / np.maximum(st.counts, 1), 1.0).astype(dtype)
+        self.inv_count = inv
+        self.inv_count3 = inv.reshape(m, 1, 1)
+        self.ones = np.ones(m, dtype=dtype)
+        self.zero_bias = np.zeros(n, dtype=dtype)
+        self.slots: list[SlotBuffers] = []
+        for slot in st.slots:
+            sb = SlotBuffers()
+            src = plan.stacks[slot.src]
+            ns = slot.src_size
+            if slot.recurrent:
+                sb.x = self.hext[:-1]
+            elif isinstance(slot.rows, slice):
+                sb.x = stacks_buf[slot.src].h[slot.rows]
+            else:
+                sb.gathered = True
+                sb.x = np.zeros((m,) + stacks_buf[slot.src].h.shape[1:], dtype=stacks_buf[slot.src].h.dtype)
+            if slot.src_is_index:
+                sb.x1 = sb.x.reshape(-1)
+            else:
+                sb.x2 = _2d(sb.x)
+            if slot.propose:
+                if st.kind == "add":
+                    sb.p = self.d  # the gradient of a sum passes the displacement through unchanged
+                else:
+                    sb.p = np.zeros((m, B, ns), dtype=dtype)
+                sb.p2 = _2d(sb.p)
+            if slot.inverse is not None and slot.rule in ("dtp", "tp"):
+                sb.og = np.zeros((m, B, ns), dtype=dtype)
+                sb.og2 = _2d(sb.og)
+                sb.gf = np.zeros((m, B, ns), dtype=dtype)
+                sb.gf2 = _2d(sb.gf)
+                sb.dg = np.zeros((m, B, ns), dtype=dtype)
+                sb.dg2 = _2d(sb.dg)
+                sb.recon = np.zeros(m, dtype=np.float64)
+                if slot.inverse.noise > 0:
+                    sb.noise = np.zeros((m, B, ns), dtype=dtype)
+                    sb.xn = np.zeros((m, B, ns), dtype=dtype)
+                    sb.xn2 = _2d(sb.xn)
+                    sb.fn = np.zeros((m, B, n), dtype=dtype)
+                    sb.fn2 = _2d(sb.fn)
+                    sb.gn = np.zeros((m, B, ns), dtype=dtype)
+                    sb.gn2 = _2d(sb.gn)
+                    sb.aj = np.zeros((m, B, n), dtype=dtype)
+                    sb.aj2 = _2d(sb.aj)
+            self.slots.append(sb)
+
+
+class Buffers:
+    """All arrays of a plan at batch size ``B``."""
+
+    def __init__(self, plan: Plan, B: int, dtype):
+        self.B = B
+        self.stacks: list[StackBuffers] = []
+        for st in plan.stacks:
+            self.stacks.append(StackBuffers(st, plan, B, dtype, self.stacks))

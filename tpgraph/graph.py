@@ -1,0 +1,364 @@
+"""Declaring computation graphs on networkx, and validating them.
+
+A :class:`Graph` wraps a ``networkx.DiGraph`` whose nodes carry a ``node``
+attribute (a :class:`tpgraph.nodes.Node`) and whose edges carry the credit
+``rule`` and input ``slot`` chosen by the consumer. Users declare node by node
+(inputs may be named before they exist), reach the networkx graph as
+``graph.nx`` to draw, traverse or export it, and :meth:`Graph.validate`
+checks everything before any kernel runs. Every error is a
+:class:`~tpgraph.errors.GraphError` naming the node, edge or parameter group.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable, Mapping
+
+import networkx as nx
+import numpy as np
+
+from .errors import GraphError
+from .kernels.activations import ACTIVATIONS
+from .merges import check_merge
+from .nodes import (
+    KINDS,
+    RULES,
+    Add,
+    CrossEntropy,
+    Dense,
+    IndexInput,
+    Input,
+    Inverse,
+    MSE,
+    Node,
+    SoftmaxOutput,
+)
+from .params import ParamStore, make_init
+
+DTYPES = (np.float32, np.float64)
+
+
+class Graph:
+    """A computation graph of forward nodes, some with inverses.
+
+    Parameters
+    ----------
+    name : str
+        A label for reports.
+    dtype : numpy dtype
+        ``float32`` (fast; the default) or ``float64`` (for gradient checks).
+    merge : str
+        Name of the default merge strategy (see :mod:`tpgraph.merges`);
+        ``"linear"`` is the paper's rule.
+
+    Examples
+    --------
+    >>> g = Graph(dtype="float64")
+    >>> g.input("x", size=3)
+    >>> g.index_input("label", num_classes=2)
+    >>> g.dense("h", ["x"], size=4, act="tanh", weights=["W1"], bias="b1")
+    >>> g.softmax_output("y", ["h"], size=2, weights=["W2"], bias="b2")
+    >>> g.cross_entropy("loss", "y", "label")
+    >>> sorted(g.param_shapes().items())
+    [('W1', (4, 3)), ('W2', (2, 4)), ('b1', (4,)), ('b2', (2,))]
+    """
+
+    def __init__(self, name: str = "graph", dtype="float32", merge: str = "linear"):
+        self.name = name
+        dt = np.dtype(dtype)
+        if dt.type not in DTYPES:
+            raise GraphError(f"graph {name!r}: dtype must be float32 or float64, got {dt}")
+        self.dtype = dt
+        check_merge(merge, f"graph {name!r}")
+        self.merge = merge
+        self.nx = nx.DiGraph(name=name)
+        self.inits: dict[str, object] = {}
+
+    # ---------------------------------------------------------------- declaring
+    def add(self, node: Node) -> Node:
+        """Add a node; its input edges are added now, inputs may be declared later."""
+        if not isinstance(node, Node):
+            raise GraphError(f"graph {self.name!r}: can only add Node objects, got {type(node).__name__}")
+        if node.name in self.nx and "node" in self.nx.nodes[node.name]:
+            raise GraphError(f"node {node.name!r} is declared twice")
+        self.nx.add_node(node.name, node=node)
+        for slot, (u, rule) in enumerate(zip(node.inputs, node.rules)):
+            self.nx.add_edge(u, node.name, slot=slot, rule=rule)
+        return node
+
+    def input(self, name: str, size: int) -> None:
+        """Declare real-valued data ``[B, size]``."""
+        self.add(Input(name, size=size))
+
+    def index_input(self, name: str, num_classes: int) -> None:
+        """Declare integer data ``[B]`` (one-hot input to dense nodes, or labels)."""
+        self.add(IndexInput(name, num_classes=num_classes))
+
+    def dense(self, name, inputs, size, act="tanh", weights=None, bias=None, rules=None, **kw) -> None:
+        """Declare ``act(sum_i W_i h_i + b)``; ``weights`` defaults to ``W_<name>_<input>``."""
+        inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        weights = weights if weights is not None else tuple(f"W_{name}_{u}" for u in inputs)
+        self.add(Dense(name, inputs, rules or (), size=size, act=act, weights=weights, bias=bias, **kw))
+
+    def softmax_output(self, name, inputs, size, weights=None, bias=None, rules=None, **kw) -> None:
+        """Declare a linear layer whose value is logits for a softmax / cross-entropy."""
+        inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        weights = weights if weights is not None else tuple(f"W_{name}_{u}" for u in inputs)
+        self.add(SoftmaxOutput(name, inputs, rules or (), size=size, weights=weights, bias=bias, **kw))
+
+    def add_node(self, name, inputs, rules=None, **kw) -> None:
+        """Declare an elementwise sum of equally sized inputs."""
+        self.add(Add(name, tuple(inputs), rules or (), **kw))
+
+    def cross_entropy(self, name, logits, labels, reduction="mean", rule="gradient", alpha=None) -> None:
+        """Declare a cross-entropy loss of ``softmax(logits)`` against integer ``labels``."""
+        self.add(CrossEntropy(name, (logits, labels), (rule, "none"), reduction=reduction, alpha=alpha))
+
+    def mse(self, name, prediction, target, reduction="mean", rule="gradient", alpha=None) -> None:
+        """Declare a squared-error loss ``1/2 ||prediction - target||^2`` per sample."""
+        self.add(MSE(name, (prediction, target), (rule, "none"), reduction=reduction, alpha=alpha))
+
+    def add_inverse(self, node: str, of: str, weight: str, bias: str | None = None, act: str = "tanh",
+                    others: str = "forward", noise: float = 0.0) -> None:
+        """Attach a learned inverse ``g`` of dense ``node`` with respect to its input ``of``."""
+        n = self.node(node)
+        if not isinstance(n, Dense):
+            raise GraphError(f"node {node!r} ({n.kind}) cannot carry an inverse: only dense nodes can")
+        if of not in n.inputs:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: {of!r} is not one of its inputs {list(n.inputs)}")
+        if act not in ACTIVATIONS:
+            raise GraphError(f"inverse of node {node!r}: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+        if others not in ("forward", "none"):
+            raise GraphError(f"inverse of node {node!r}: others must be 'forward' or 'none', got {others!r}")
+        if not (isinstance(noise, (int, float)) and np.isfinite(noise) and noise >= 0):
+            raise GraphError(f"inverse of node {node!r}: noise must be a finite number >= 0, got {noise!r}")
+        n.inverses[of] = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise))
+
+    def set_rule(self, consumer: str, input: str, rule: str) -> None:
+        """Change the credit rule of edge ``input -> consumer``."""
+        n = self.node(consumer)
+        if input not in n.inputs:
+            raise GraphError(f"there is no edge {input!r} -> {consumer!r}; inputs of {consumer!r}: {list(n.inputs)}")
+        if rule not in RULES:
+            raise GraphError(f"edge {input!r} -> {consumer!r}: unknown credit rule {rule!r}; known: {', '.join(RULES)}")
+        slot = n.inputs.index(input)
+        n.rules = n.rules[:slot] + (rule,) + n.rules[slot + 1:]
+        self.nx.edges[input, consumer]["rule"] = rule
+
+    def init(self, group: str, spec) -> None:
+        """Set the initialiser of parameter group ``group``.
+
+        ``spec``: ``"zeros"``, ``"orthogonal"``, ``"normal:STD"``, ``"uniform:A"``,
+        ``"glorot"``, an array of the group's shape, or ``callable(rng, shape)``.
+        """
+        make_init(spec, group)  # validates now
+        self.inits[group] = spec
+
+    def with_rules(self, mapping: Mapping[str, str] | str) -> "Graph":
+        """A copy of this graph with credit rules replaced.
+
+        ``mapping`` maps old rule names to new ones (``{"dtp": "gradient"}``),
+        or is one rule name applied to every credit edge (all but ``none`` and
+        losses' label edges). ``g.with_rules("gradient")`` is the graph's
+        backpropagation baseline, with the same parameter groups.
+        """
+        new = copy.deepcopy(self)
+        for v, data in new.nx.nodes(data=True):
+            n = data.get("node")
+            if n is None:
+                continue
+            for slot, (u, r) in enumerate(zip(n.inputs, n.rules)):
+                if r == "none":
+                    continue
+                target = mapping if isinstance(mapping, str) else mapping.get(r, r)
+                if n.is_loss and target not in ("gradient",):
+                    continue
+                new.set_rule(v, u, target)
+        return new
+
+    @classmethod
+    def from_networkx(cls, g: nx.DiGraph, name: str | None = None, dtype="float32", merge="linear") -> "Graph":
+        """Build a graph from a networkx DiGraph whose nodes carry declarations.
+
+        Each node has either a ``node`` attribute (a :class:`Node`) or a
+        ``kind`` attribute naming a node kind plus that kind's fields as
+        attributes (``inputs`` in slot order; default: the predecessors in
+        sorted order). Edge attribute ``rule`` sets the credit rule.
+        """
+        out = cls(name or g.graph.get("name", "graph"), dtype=dtype, merge=merge)
+        for v, data in g.nodes(data=True):
+            if "node" in data:
+                out.add(copy.deepcopy(data["node"]))
+                continue
+            kind = data.get("kind")
+            if kind not in KINDS:
+                raise GraphError(f"node {v!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
+            fields = {k: val for k, val in data.items() if k not in ("kind", "inverses")}
+            if "inputs" not in fields:
+                fields["inputs"] = tuple(sorted(g.predecessors(v)))
+            if "rules" not in fields and "inputs" in fields and not KINDS[kind].is_loss:
+                fields["rules"] = tuple(g.edges[u, v].get("rule", "gradient") if g.has_edge(u, v) else "gradient"
+                                        for u in fields["inputs"])
+            try:
+                node = KINDS[kind](v, **fields)
+            except TypeError as exc:
+                raise GraphError(f"node {v!r} ({kind}): bad attributes: {exc}") from None
+            out.add(node)
+            for of, inv in data.get("inverses", {}).items():
+                inv = inv if isinstance(inv, Mapping) else vars(inv)
+                out.add_inverse(v, of=of, **{k: val for k, val in inv.items() if k != "of"})
+        return out
+
+    # ---------------------------------------------------------------- reading
+    def node(self, name: str) -> Node:
+        """The declared node ``name``."""
+        if name not in self.nx or "node" not in self.nx.nodes[name]:
+            raise GraphError(f"graph {self.name!r} has no node {name!r}")
+        return self.nx.nodes[name]["node"]
+
+    @property
+    def nodes(self) -> list[Node]:
+        """All declared nodes, in declaration order."""
+        return [d["node"] for _, d in self.nx.nodes(data=True) if "node" in d]
+
+    def __len__(self):
+        return self.nx.number_of_nodes()
+
+    def __repr__(self):
+        return f"Graph({self.name!r}, {len(self)} nodes, dtype={self.dtype.name}, merge={self.merge!r})"
+
+    # ---------------------------------------------------------------- validating
+    def validate(self) -> list[str]:
+        """Check the whole declaration; return the nodes in topological order.
+
+        Raises
+        ------
+        GraphError
+            naming the culprit: a missing input, a cycle (shown), an unknown
+            kind, a shape mismatch (both shapes), a ``dtp``/``tp`` edge with no
+            inverse, a parameter group used with two shapes, a loss with
+            nothing to compare against.
+        """
+        g = self.nx
+        if g.number_of_nodes() == 0:
+            raise GraphError(f"graph {self.name!r} is empty")
+        for v, data in g.nodes(data=True):
+            if "node" not in data:
+                users = sorted(g.successors(v))
+                raise GraphError(f"node {users[0]!r} has a missing input: {v!r} was never declared "
+                                 f"(needed by {users})")
+            if not isinstance(data["node"], Node):
+                raise GraphError(f"node {v!r}: attribute 'node' is {type(data['node']).__name__}, not a tpgraph Node")
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            path = " -> ".join([e[0] for e in cycle] + [cycle[0][0]])
+            raise GraphError(f"graph {self.name!r} has a cycle: {path}")
+        order = list(nx.topological_sort(g))
+        for v in order:
+            self._validate_node(self.node(v))
+        self.param_shapes()
+        if not any(n.is_loss for n in self.nodes):
+            raise GraphError(f"graph {self.name!r} has no loss node: nothing proposes targets")
+        return order
+
+    def _size(self, name):
+        return self.node(name).size
+
+    def _validate_node(self, n: Node) -> None:
+        sizes = [self._size(u) for u in n.inputs]
+        if isinstance(n, Dense):
+            for u, r in zip(n.inputs, n.rules):
+                src = self.node(u)
+                if src.is_loss:
+                    raise GraphError(f"edge {u!r} -> {n.name!r}: a loss cannot feed another node")
+                if r in ("dtp", "tp") and u not in n.inverses:
+                    raise GraphError(
+                        f"edge {u!r} -> {n.name!r} has credit rule {r!r} but node {n.name!r} "
+                        f"({n.kind}) has no inverse with respect to {u!r}; add one with "
+                        f"graph.add_inverse({n.name!r}, of={u!r}, ...) or use rule 'gradient'"
+                    )
+            for of, inv in n.inverses.items():
+                if of not in n.inputs:
+                    raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: not an input of {n.name!r}")
+                if isinstance(self.node(of), IndexInput):
+                    raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: integer data has no inverse")
+        elif isinstance(n, Add):
+            for u in n.inputs:
+                if self.node(u).is_loss:
+                    raise GraphError(f"edge {u!r} -> {n.name!r}: a loss cannot feed another node")
+                if isinstance(self.node(u), IndexInput):
+                    raise GraphError(f"add node {n.name!r}: input {u!r} is integer data; add takes real-valued inputs")
+            for u, r in zip(n.inputs, n.rules):
+                if r in ("dtp", "tp"):
+                    raise GraphError(f"edge {u!r} -> {n.name!r} has credit rule {r!r} but add node {n.name!r} has no inverse; use 'gradient'")
+            if len(set(sizes)) == 1:
+                n.size = sizes[0]
+            if len(set(sizes)) > 1:
+                detail = ", ".join(f"{u!r}: ({s},)" for u, s in zip(n.inputs, sizes))
+                raise GraphError(f"add node {n.name!r}: shape mismatch between its inputs: {detail}")
+        elif isinstance(n, CrossEntropy):
+            pred, lab = n.inputs
+            if not isinstance(self.node(pred), SoftmaxOutput):
+                raise GraphError(f"cross-entropy {n.name!r}: its prediction {pred!r} must be a softmax output (logits), "
+                                 f"got {self.node(pred).kind}")
+            if not isinstance(self.node(lab), IndexInput):
+                raise GraphError(f"cross-entropy {n.name!r} has nothing to compare against: {lab!r} must be "
+                                 f"integer labels (an index input), got {self.node(lab).kind}")
+            if self.node(lab).num_classes != sizes[0]:
+                raise GraphError(f"cross-entropy {n.name!r}: shape mismatch: logits {pred!r} have shape ({sizes[0]},) "
+                                 f"but labels {lab!r} have {self.node(lab).num_classes} classes")
+        elif isinstance(n, MSE):
+            pred, tgt = n.inputs
+            for u in n.inputs:
+                if self.node(u).is_loss:
+                    raise GraphError(f"edge {u!r} -> {n.name!r}: a loss cannot feed another node")
+            if isinstance(self.node(tgt), IndexInput) or isinstance(self.node(pred), IndexInput):
+                raise GraphError(f"mse {n.name!r}: compares real-valued nodes; use cross_entropy for integer labels")
+            if sizes[0] != sizes[1]:
+                raise GraphError(f"mse {n.name!r}: shape mismatch: prediction {pred!r} has shape ({sizes[0]},), "
+                                 f"target {tgt!r} has shape ({sizes[1]},)")
+        merge = getattr(n, "merge", None)
+        if merge is not None:
+            check_merge(merge, f"node {n.name!r}")
+
+    def param_shapes(self) -> dict[str, tuple]:
+        """Shapes of all parameter groups; a group used with two shapes is an error."""
+        shapes: dict[str, tuple] = {}
+        where: dict[str, str] = {}
+
+        def use(group, shape, by):
+            if group in shapes and shapes[group] != shape:
+                raise GraphError(
+                    f"parameter group {group!r} is used with two different shapes: {shapes[group]} by "
+                    f"{where[group]} and {shape} by {by}"
+                )
+            shapes[group] = shape
+            where.setdefault(group, by)
+
+        for n in self.nodes:
+            if not isinstance(n, Dense):
+                continue
+            for u, w in zip(n.inputs, n.weights):
+                use(w, (n.size, self._size(u)) if u in self.nx and "node" in self.nx.nodes[u] else None,
+                    f"node {n.name!r} (input {u!r})")
+            if n.bias is not None:
+                use(n.bias, (n.size,), f"node {n.name!r} (bias)")
+            for of, inv in n.inverses.items():
+                use(inv.weight, (self._size(of), n.size), f"inverse of {n.name!r} w.r.t. {of!r}")
+                if inv.bias is not None:
+                    use(inv.bias, (self._size(of),), f"inverse of {n.name!r} w.r.t. {of!r} (bias)")
+        return shapes
+
+    def init_params(self, seed: int = 0) -> ParamStore:
+        """Fresh parameters for every group, from the groups' initialisers, seeded."""
+        shapes = self.param_shapes()
+        rng = np.random.default_rng(seed)
+        values = {}
+        for group in sorted(shapes):
+            shape = shapes[group]
+            spec = self.inits.get(group, "zeros" if len(shape) == 1 else "glorot")
+            values[group] = make_init(spec, group)(rng, shape).astype(self.dtype)
+        return ParamStore(values, self.dtype)

@@ -1,0 +1,1 @@
+"""Numba kernels used by tpgraph."""

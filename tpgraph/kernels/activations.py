@@ -1,0 +1,114 @@
+"""Activation kernels, identified by integer codes.
+
+Derivatives are expressed through the activation's *output* ``h`` (for tanh
+``1 - h**2``, for the sigmoid ``h (1 - h)``), so the engine never stores
+pre-activations. ``TANH_FAST`` is a rational approximation of tanh accurate to
+float32 rounding (max abs error below 5e-7 in float32, 2e-8 in float64) that
+vectorises; the engine uses it for float32 graphs only, and exact ``np.tanh``
+for float64 (where finite-difference checks need the exact function).
+"""
+
+import numpy as np
+
+from .jit import kernel
+
+IDENTITY = 0
+TANH = 1
+SIGMOID = 2
+RELU = 3
+LEAKY_RELU = 4
+TANH_FAST = 5
+
+#: User-facing activation names and their codes.
+ACTIVATIONS = {
+    "identity": IDENTITY,
+    "tanh": TANH,
+    "sigmoid": SIGMOID,
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+}
+
+# Coefficients of tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= 9, fitted by this
+# project (iteratively reweighted least squares on 20001 points, see
+# tests/test_kernels.py for the accuracy check).
+# The constants are float32 so that the float32 kernels stay in float32 lanes
+# (TANH_FAST is only chosen for float32 graphs).
+_P0 = np.float32(0.9999999063234193)
+_P1 = np.float32(0.13373211264515147)
+_P2 = np.float32(0.00348659817720714)
+_P3 = np.float32(2.0472104979998764e-05)
+_P4 = np.float32(1.3184614233718861e-08)
+_Q1 = np.float32(0.4670650812152742)
+_Q2 = np.float32(0.02584204070714038)
+_Q3 = np.float32(0.00032714123044776556)
+_Q4 = np.float32(7.702821283490924e-07)
+_CLAMP = np.float32(9.0)
+_ONE = np.float32(1.0)
+
+
+@kernel
+def fast_tanh(x):
+    """Rational approximation of tanh for one scalar."""
+    x = min(max(x, -_CLAMP), _CLAMP)
+    s = x * x
+    p = _P0 + s * (_P1 + s * (_P2 + s * (_P3 + s * _P4)))
+    q = _ONE + s * (_Q1 + s * (_Q2 + s * (_Q3 + s * _Q4)))
+    y = x * p / q
+    return min(max(y, -_ONE), _ONE)
+
+
+@kernel
+def act_scalar(z, code, slope):
+    """Apply activation ``code`` to one scalar."""
+    if code == TANH:
+        return np.tanh(z)
+    if code == TANH_FAST:
+        return fast_tanh(z)
+    if code == SIGMOID:
+        return 1.0 / (1.0 + np.exp(-z))
+    if code == RELU:
+        return z if z > 0 else 0.0 * z
+    if code == LEAKY_RELU:
+        return z if z > 0 else slope * z
+    return z
+
+
+@kernel
+def deriv_scalar(h, code, slope):
+    """Derivative of activation ``code`` expressed through its output ``h``."""
+    if code == TANH or code == TANH_FAST:
+        return 1.0 - h * h
+    if code == SIGMOID:
+        return h * (1.0 - h)
+    if code == RELU:
+        return 1.0 if h > 0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if h > 0 else slope
+    return 1.0
+
+
+@kernel
+def bias_activate(z, bias, code, slope, out):
+    """``out[r, j] = act(z[r, j] + bias[j])`` over a 2-D block (``out`` may be ``z``)."""
+    rows, cols = z.shape
+    for r in range(rows):
+        for j in range(cols):
+            out[r, j] = act_scalar(z[r, j] + bias[j], code, slope)
+
+
+@kernel
+def add_bias_activate(z, a, bias, code, slope, out):
+    """``out = act(z + a + bias)`` over 2-D blocks (``a`` of the same shape as ``z``)."""
+    rows, cols = z.shape
+    for r in range(rows):
+        for j in range(cols):
+            out[r, j] = act_scalar(z[r, j] + a[r, j] + bias[j], code, slope)
+
+
+@kernel
+def mul_deriv(d, h, code, slope, out):
+    """``out = d * act'(.)`` where ``h`` is the activation's output (2-D blocks)."""
+    rows, cols = d.shape
+    for r in range(rows):
+        for j in range(cols):
+            out[r, j] = d[r, j] * deriv_scalar(h[r, j], code, slope)

@@ -1,0 +1,183 @@
+"""Kernels of dense nodes: one-hot gathers and scatters, and the scans through time.
+
+Layout conventions: a *stack* of ``m`` nodes with the same signature keeps its
+values in an array ``[m, B, n]``; a chain stack (``h_k`` takes ``h_{k-1}`` as
+an input) keeps an extended buffer ``Hext [m + 1, B, n]`` whose row 0 is the
+chain's initial input, so that ``Hext[k]`` is the recurrent input of member
+``k`` and ``Hext[k + 1]`` its output. Weights are stored in the paper's
+orientation ``W [out, in]``; ``WT`` denotes a contiguous transposed copy.
+"""
+
+import numpy as np
+
+from .activations import act_scalar, deriv_scalar
+from .jit import kernel
+
+
+@kernel
+def gather_rows_add(z, table, idx):
+    """``z[r, :] += table[idx[r], :]``: a one-hot input times a weight, as a gather."""
+    rows, cols = z.shape
+    for r in range(rows):
+        i = idx[r]
+        for j in range(cols):
+            z[r, j] += table[i, j]
+
+
+@kernel
+def gather_rows_add_bias(z, table, idx, bias):
+    """``z[r, :] = table[idx[r], :] + bias``: the gathered product, overwriting ``z``."""
+    rows, cols = z.shape
+    for r in range(rows):
+        i = idx[r]
+        for j in range(cols):
+            z[r, j] = table[i, j] + bias[j]
+
+
+@kernel
+def scatter_cols_add(grad, idx, delta):
+    """``grad[:, idx[r]] += delta[r, :]``: the gradient of ``W`` for a one-hot input."""
+    rows, cols = delta.shape
+    for r in range(rows):
+        i = idx[r]
+        for j in range(cols):
+            grad[j, i] += delta[r, j]
+
+
+@kernel
+def scatter_rows_add(dst, idx, src):
+    """``dst[idx[k]] += src[k]`` over the leading axis (3-D blocks)."""
+    for k in range(src.shape[0]):
+        dst[idx[k]] += src[k]
+
+
+@kernel
+def gather_rows(dst, src, idx):
+    """``dst[k] = src[idx[k]]`` over the leading axis (3-D blocks)."""
+    for k in range(idx.shape[0]):
+        dst[k] = src[idx[k]]
+
+
+@kernel
+def scan_forward(hext, a, bias, wt, code, slope, tmp):
+    """Forward through a chain: ``hext[k+1] = act(a[k] + hext[k] @ wt + bias)``.
+
+    ``a [m, B, n]`` is the non-recurrent part of the pre-activation (the other
+    inputs, computed for all members in one batched product), ``wt`` the
+    transposed recurrent weight ``[n_in, n]``, ``tmp [B, n]`` scratch.
+    """
+    m, rows, cols = a.shape
+    for k in range(m):
+        np.dot(hext[k], wt, tmp)
+        out = hext[k + 1]
+        ak = a[k]
+        for r in range(rows):
+            for j in range(cols):
+                out[r, j] = act_scalar(ak[r, j] + tmp[r, j] + bias[j], code, slope)
+
+
+@kernel
+def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
+    """Credit back through a chain with the ``gradient`` rule (BPTT's scan).
+
+    For ``k = start .. stop`` (descending): ``delta[k] = d[k] * act'(h_k)``; ``p[k] = delta @ w``
+    (the displacement proposed to member ``k-1``, or to the chain's initial
+    input for ``k = 0``); then member ``k-1`` merges it:
+    ``d[k-1] = (d[k-1] + p[k]) * inv_count[k-1]`` (``inv_count`` is 1 for the
+    linear merge, ``1/count`` for the mean merge). ``d[m-1]`` must be final.
+    """
+    m = d.shape[0]
+    rows, cols = delta.shape
+    for k in range(m - 1, stop - 1, -1):
+        dk = d[k]
+        hk = hext[k + 1]
+        for r in range(rows):
+            for j in range(cols):
+                delta[r, j] = dk[r, j] * deriv_scalar(hk[r, j], code, slope)
+        np.dot(delta, w, p[k])
+        if k > 0:
+            _merge_into(d[k - 1], p[k], inv_count[k - 1])
+
+
+@kernel
+def scan_inverse(d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, difference, p, tmp):
+    """Credit back through a chain with a learned inverse (``dtp`` or ``tp``).
+
+    ``g(h) = act_g(h @ vt + og[k])``. For ``k = start .. stop`` the proposal to
+    the recurrent input is ``g(h_k + d[k])`` and its displacement ``p[k]`` is
+    ``g(h_k + d[k]) - gf[k]`` for ``dtp`` (``difference=True``, ``gf[k]`` the
+    inverse at the forward value) or ``g(h_k + d[k]) - h_{k-1}`` for ``tp``.
+    Member ``k-1`` then merges it as in :func:`scan_gradient`.
+    """
+    rows, cols = tmp.shape
+    for k in range(start, stop - 1, -1):
+        dk = d[k]
+        hk = hext[k + 1]
+        for r in range(rows):
+            for j in range(cols):
+                tmp[r, j] = hk[r, j] + dk[r, j]
+        pk = p[k]
+        np.dot(tmp, vt, pk)
+        ogk = og[k]
+        ref = gf[k] if difference else hext[k]
+        prow, pcol = pk.shape
+        for r in range(prow):
+            for j in range(pcol):
+                pk[r, j] = act_scalar(pk[r, j] + ogk[r, j], gcode, slope) - ref[r, j]
+        if k > 0:
+            _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@kernel
+def _merge_into(dst, src, scale):
+    rows, cols = dst.shape
+    for r in range(rows):
+        for j in range(cols):
+            dst[r, j] = (dst[r, j] + src[r, j]) * scale
+
+
+@kernel
+def inverse_finish(p, og, ref, code, slope):
+    """``p = act(p + og) - ref``: an inverse's proposal as a displacement (2-D blocks)."""
+    rows, cols = p.shape
+    for r in range(rows):
+        for j in range(cols):
+            p[r, j] = act_scalar(p[r, j] + og[r, j], code, slope) - ref[r, j]
+
+
+@kernel
+def inverse_residual(g, x, code, slope, dg, loss):
+    """Reconstruction error of an inverse, member by member.
+
+    ``g, x, dg [m, B, n]``: ``dg = (g - x) * act'(g)`` (the gradient of
+    ``1/2 ||g - x||^2`` with respect to the inverse's pre-activation) and
+    ``loss[k] = 1/2 ||g[k] - x[k]||^2`` summed over the batch.
+    """
+    m, rows, cols = g.shape
+    for k in range(m):
+        acc = 0.0
+        for r in range(rows):
+            for j in range(cols):
+                e = g[k, r, j] - x[k, r, j]
+                acc += e * e
+                dg[k, r, j] = e * deriv_scalar(g[k, r, j], code, slope)
+        loss[k] = 0.5 * acc
+
+
+@kernel
+def sum_squares(d, out):
+    """``out[k] = 1/2 ||d[k]||^2`` over a ``[m, B, n]`` block (local losses)."""
+    m, rows, cols = d.shape
+    for k in range(m):
+        acc = 0.0
+        for r in range(rows):
+            for j in range(cols):
+                acc += d[k, r, j] * d[k, r, j]
+        out[k] = 0.5 * acc
+
+
+@kernel
+def add_noise(x, noise, sigma, out):
+    """``out = x + sigma * noise`` (flat blocks)."""
+    for i in range(x.size):
+        out.flat[i] = x.flat[i] + sigma * noise.flat[i]

@@ -1,0 +1,284 @@
+"""What each node kind computes, on whole stacks at a time.
+
+One runner per kind, looked up by ``node.kind`` in :data:`RUNNERS`. Each runner
+has, side by side:
+
+``forward``
+    values of all members (batched products over ``m*B`` rows; a chain's
+    recurrent input as one scan kernel);
+``propose``
+    the displacement each credit edge proposes to its source (``P``): for
+    ``gradient`` the local vector-Jacobian product ``J^T D``; for ``dtp``/``tp``
+    the learned inverse; for losses ``-alpha dL/dh``;
+``grads``
+    the gradient of the local loss ``1/2 ||f(inputs at forward values) - h_hat||^2``
+    with respect to the node's own parameter groups, summed over the batch
+    and accumulated over all nodes sharing a group;
+``inverse_grads``
+    the reconstruction loss of each inverse and its gradient with respect to
+    the inverse's own groups (``V``, ``c``), with optional denoising noise.
+
+Every array operation is a NumPy BLAS call or a kernel of
+:mod:`tpgraph.kernels`, writing into :mod:`tpgraph.buffers`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import dense as kd
+from .kernels import losses as kl
+from .kernels.activations import bias_activate, add_bias_activate, mul_deriv
+from .merges import get_merge
+from .errors import DivergenceError
+from .plan import act_code
+
+
+class DataRunner:
+    """Data inputs: fed by the engine, no credit."""
+
+    def forward(self, eng, st, b):
+        pass
+
+    def propose(self, eng, st, b):
+        pass
+
+    def grads(self, eng, st, b):
+        pass
+
+    def inverse_grads(self, eng, st, b):
+        pass
+
+
+def _slot_input(eng, st, b, slot, sb):
+    """Fill a gathered input (sources not contiguous in their stack)."""
+    if sb.gathered:
+        kd.gather_rows(sb.x, eng.buf.stacks[slot.src].h, slot.rows)
+
+
+def _accumulate(eng, st, b, exclude, out2, weights_t):
+    """``out2 = sum_{slot != exclude} x_slot @ W_slot^T`` (forward weights, no bias).
+
+    Returns False if no slot contributed (``out2`` then holds zeros).
+    """
+    first = True
+    for slot, sb in zip(st.slots, b.slots):
+        if slot.index == exclude:
+            continue
+        wt = weights_t[slot.weight]
+        if slot.src_is_index:
+            if first:
+                kd.gather_rows_add_bias(out2, wt, sb.x1, b.zero_bias)
+            else:
+                kd.gather_rows_add(out2, wt, sb.x1)
+        else:
+            if first:
+                np.dot(sb.x2, wt, out=out2)
+            else:
+                np.dot(sb.x2, wt, out=b.z2)
+                out2 += b.z2
+        first = False
+    if first:
+        out2.fill(0)
+    return not first
+
+
+class DenseRunner:
+    """``h = act(sum_i W_i h_i + b)``; softmax outputs are dense with identity activation."""
+
+    def forward(self, eng, st, b):
+        node = st.node
+        code = eng.codes[st.id]
+        bias = eng.params[node.bias] if node.bias else b.zero_bias
+        for slot, sb in zip(st.slots, b.slots):
+            if not slot.recurrent:
+                _slot_input(eng, st, b, slot, sb)
+        if st.chain:
+            _accumulate(eng, st, b, st.rec_slot, b.a2, eng.wt)
+            init_stack, init_member = st.init_src
+            b.hext[0] = eng.buf.stacks[init_stack].h[init_member]
+            kd.scan_forward(b.hext, b.a, bias, eng.wt[node.weights[st.rec_slot]], code, node.slope, b.tmp)
+        else:
+            _accumulate(eng, st, b, -1, b.h2, eng.wt)
+            bias_activate(b.h2, bias, code, node.slope, b.h2)
+        for slot, sb in zip(st.slots, b.slots):
+            sb.ready = False
+
+    # ------------------------------------------------------------------ inverse
+    def inverse_at_forward(self, eng, st, b, slot, sb):
+        """``og`` (the inverse's input from the other slots, plus ``c``) and ``gf = g(h_v)``."""
+        if sb.ready:
+            return
+        inv = slot.inverse
+        node = st.node
+        c = eng.params[inv.bias] if inv.bias else None
+        if inv.others == "forward":
+            if st.chain and slot.recurrent:
+                np.copyto(sb.og, b.a)  # the non-recurrent inputs, already summed in forward
+            else:
+                _accumulate(eng, st, b, slot.index, sb.og2, eng.wt)
+        else:
+            sb.og.fill(0)
+        if c is not None:
+            sb.og2 += c
+        np.dot(b.h2, eng.wt[inv.weight], out=sb.gf2)
+        add_bias_activate(sb.gf2, sb.og2, eng.zero_src[slot.src_size], eng.inv_codes[(st.id, slot.index)],
+                          inv.slope, sb.gf2)
+        sb.ready = True
+
+    # ------------------------------------------------------------------ credit
+    def propose(self, eng, st, b):
+        node = st.node
+        code = eng.codes[st.id]
+        if st.chain:
+            self._propose_chain(eng, st, b, code)
+        else:
+            eng.finalize_merge(st, b, range(st.m))
+            mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
+        for slot, sb in zip(st.slots, b.slots):
+            if not slot.propose or slot.recurrent:
+                continue
+            if slot.rule == "gradient":
+                np.dot(b.delta2, eng.params[slot.weight], out=sb.p2)
+            else:
+                self.inverse_at_forward(eng, st, b, slot, sb)
+                inv = slot.inverse
+                np.add(b.h2, b.d2, out=b.z2)
+                np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
+                ref = sb.gf2 if slot.rule == "dtp" else sb.x2
+                kd.inverse_finish(sb.p2, sb.og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
+            eng.deliver(st, slot, sb)
+
+    def _propose_chain(self, eng, st, b, code):
+        node = st.node
+        slot = st.slots[st.rec_slot]
+        sb = b.slots[st.rec_slot]
+        m = st.m
+        stop = 0 if st.propose_init else 1
+        if slot.rule == "none":
+            eng.finalize_merge(st, b, range(m))
+            mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
+            return
+        if slot.rule in ("dtp", "tp"):
+            self.inverse_at_forward(eng, st, b, slot, sb)
+        fused = st.fused_merge
+        inv_count = b.inv_count if fused else b.ones
+        # python merges: one member at a time, the merge called between kernel calls
+        ranges = [(m - 1, stop)] if fused else [(k, k) for k in range(m - 1, -1, -1)]
+        for start, end in ranges:
+            eng.finalize_merge(st, b, [start])
+            if start < end:
+                continue
+            if slot.rule == "gradient":
+                kd.scan_gradient(b.d, b.hext, eng.params[slot.weight], code, node.slope, inv_count,
+                                 start, end, sb.p, b.delta)
+            else:
+                inv = slot.inverse
+                kd.scan_inverse(b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
+                                eng.inv_codes[(st.id, slot.index)], inv.slope, inv_count, start, end,
+                                slot.rule == "dtp", sb.p, b.tmp)
+        if slot.rule != "gradient" or stop == 1:
+            mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
+        if st.propose_init:
+            sid, j = st.init_src
+            eng.buf.stacks[sid].d[j] += sb.p[0]
+
+    # ------------------------------------------------------------------ updates
+    def grads(self, eng, st, b):
+        node = st.node
+        np.negative(b.delta2, out=b.delta2)  # now d(1/2||h - h_hat||^2)/d(pre-activation)
+        for slot, sb in zip(st.slots, b.slots):
+            g = eng.grad_target(slot.weight)
+            if slot.src_is_index:
+                kd.scatter_cols_add(g, sb.x1, b.delta2)
+            elif slot.recurrent:
+                eng.add_grad(slot.weight, b.delta2.T, b.hprev2)
+            else:
+                eng.add_grad(slot.weight, b.delta2.T, sb.x2)
+        if node.bias:
+            g = eng.grad_target(node.bias)
+            g += b.delta2.sum(axis=0)
+
+    def inverse_grads(self, eng, st, b):
+        for slot, sb in zip(st.slots, b.slots):
+            if slot.inverse is None or slot.rule not in ("dtp", "tp"):
+                continue
+            inv = slot.inverse
+            self.inverse_at_forward(eng, st, b, slot, sb)
+            gcode = eng.inv_codes[(st.id, slot.index)]
+            if inv.noise > 0:
+                node = st.node
+                eng.rng.standard_normal(out=sb.noise, dtype=sb.noise.dtype)
+                kd.add_noise(sb.x, sb.noise, sb.x.dtype.type(inv.noise), sb.xn)
+                # forward again from the corrupted input, other inputs at forward values
+                if st.chain and slot.recurrent:
+                    aj2 = b.a2
+                else:
+                    _accumulate(eng, st, b, slot.index, sb.aj2, eng.wt)
+                    aj2 = sb.aj2
+                bias = eng.params[node.bias] if node.bias else b.zero_bias
+                np.dot(sb.xn2, eng.wt[node.weights[slot.index]], out=sb.fn2)
+                add_bias_activate(sb.fn2, aj2, bias, eng.codes[st.id], node.slope, sb.fn2)
+                np.dot(sb.fn2, eng.wt[inv.weight], out=sb.gn2)
+                add_bias_activate(sb.gn2, sb.og2, eng.zero_src[slot.src_size], gcode, inv.slope, sb.gn2)
+                kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
+                eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
+            else:
+                kd.inverse_residual(sb.gf, sb.x, gcode, inv.slope, sb.dg, sb.recon)
+                eng.add_grad(inv.weight, sb.dg2.T, b.h2)
+            if inv.bias:
+                g = eng.grad_target(inv.bias)
+                g += sb.dg2.sum(axis=0)
+
+
+class AddRunner(DataRunner):
+    """Elementwise sum; its local Jacobian is the identity, so ``P = D`` on every edge."""
+
+    def forward(self, eng, st, b):
+        first = True
+        for slot, sb in zip(st.slots, b.slots):
+            _slot_input(eng, st, b, slot, sb)
+            if first:
+                np.copyto(b.h, sb.x)
+                first = False
+            else:
+                b.h += sb.x
+
+    def propose(self, eng, st, b):
+        eng.finalize_merge(st, b, range(st.m))
+        for slot, sb in zip(st.slots, b.slots):
+            if slot.propose:
+                eng.deliver(st, slot, sb)
+
+
+class LossRunner(DataRunner):
+    """Losses: value in forward, and the proposal ``-alpha dL/dh`` for the prediction."""
+
+    def forward(self, eng, st, b):
+        for slot, sb in zip(st.slots, b.slots):
+            _slot_input(eng, st, b, slot, sb)
+        node = st.node
+        alpha = eng.alpha if node.alpha is None else node.alpha
+        scale = 1.0 / eng.buf.B if node.reduction == "mean" else 1.0
+        pred, other = b.slots
+        out = pred.p2 if pred.p2 is not None else eng.loss_scratch(st, b)
+        if node.kind == "cross_entropy":
+            kl.softmax_xent(pred.x2, other.x1, -alpha * scale, b.loss.reshape(-1), out)
+        else:
+            kl.squared_error(pred.x2, other.x2, -alpha * scale, b.loss.reshape(-1), out)
+
+    def propose(self, eng, st, b):
+        slot, sb = st.slots[0], b.slots[0]
+        if slot.propose:
+            eng.deliver(st, slot, sb)
+
+
+RUNNERS = {
+    "input": DataRunner(),
+    "index_input": DataRunner(),
+    "dense": DenseRunner(),
+    "softmax_output": DenseRunner(),
+    "add": AddRunner(),
+    "cross_entropy": LossRunner(),
+    "mse": LossRunner(),
+}

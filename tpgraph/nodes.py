@@ -1,0 +1,318 @@
+"""Node kinds of a tpgraph computation graph.
+
+A node is a small typed object: its name, the names of its inputs, the credit
+rule of each input edge (chosen by this node, the consumer), and its own
+settings. The mathematics of each kind (forward, local vector-Jacobian
+product, parameter gradient, inverse) lives in :mod:`tpgraph.kinds`; this
+module only declares.
+
+Credit rules (per input edge ``u -> v``):
+
+``"dtp"``
+    ``tau = h_u + g(h_hat_v) - g(h_v)`` (difference target propagation);
+``"tp"``
+    ``tau = g(h_hat_v)``;
+``"gradient"``
+    ``tau = h_u + J_u^T (h_hat_v - h_v)`` (one node's Jacobian, no chain rule);
+``"none"``
+    no credit flows.
+
+``g`` is the node's learned inverse with respect to that input (see
+:class:`Inverse`). Edges out of data inputs carry no credit whatever their rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import GraphError
+from .kernels.activations import ACTIVATIONS
+
+RULES = ("dtp", "tp", "gradient", "none")
+REDUCTIONS = ("mean", "sum")
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or not name:
+        raise GraphError(f"{what} must be a non-empty string, got {name!r}")
+
+
+def _check_size(size, node):
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise GraphError(f"node {node!r}: size must be a positive int, got {size!r}")
+
+
+def _check_act(act, node):
+    if act not in ACTIVATIONS:
+        raise GraphError(
+            f"node {node!r}: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}"
+        )
+
+
+@dataclass(repr=False)
+class Inverse:
+    """A learned approximate inverse ``g`` of a dense node with respect to one input.
+
+    ``g(h_v; others) = act(V h_v + sum_{i != j} W_i h_i + c)``: ``weight`` (``V``)
+    and ``bias`` (``c``) are the inverse's own parameter groups, trained to
+    reconstruct the input from the node's output (a denoising auto-encoder
+    with Gaussian noise ``noise`` on the input). With ``others="forward"`` the
+    node's other inputs enter through the node's *forward* weights, used but
+    not trained by the inverse (the paper's ``G(x_t, h_t)`` uses ``W_xh``);
+    with ``others="none"`` they are left out.
+    """
+
+    of: str
+    weight: str
+    bias: str | None = None
+    act: str = "tanh"
+    others: str = "forward"
+    noise: float = 0.0
+    slope: float = 0.01
+
+    def __repr__(self):
+        return (
+            f"Inverse(of={self.of!r}, weight={self.weight!r}, bias={self.bias!r}, "
+            f"act={self.act!r}, others={self.others!r}, noise={self.noise})"
+        )
+
+
+@dataclass(repr=False)
+class Node:
+    """Base class of all node kinds."""
+
+    name: str
+    inputs: tuple = ()
+    rules: tuple = ()
+
+    kind = "node"
+    has_params = False
+    is_data = False
+    is_loss = False
+
+    def __post_init__(self):
+        _check_name(self.name, "node name")
+        if isinstance(self.inputs, str):
+            self.inputs = (self.inputs,)
+        self.inputs = tuple(self.inputs)
+        for u in self.inputs:
+            _check_name(u, f"node {self.name!r}: input name")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise GraphError(f"node {self.name!r} lists the same input twice: {self.inputs}")
+        if isinstance(self.rules, str):
+            self.rules = (self.rules,) * len(self.inputs)
+        self.rules = tuple(self.rules) if self.rules else self.default_rules()
+        if len(self.rules) != len(self.inputs):
+            raise GraphError(
+                f"node {self.name!r}: {len(self.rules)} credit rules for {len(self.inputs)} inputs"
+            )
+        for u, r in zip(self.inputs, self.rules):
+            if r not in RULES:
+                raise GraphError(
+                    f"edge {u!r} -> {self.name!r}: unknown credit rule {r!r}; known: {', '.join(RULES)}"
+                )
+
+    def default_rules(self):
+        return ("gradient",) * len(self.inputs)
+
+    def settings(self) -> dict:
+        """The node's own settings (beyond name, inputs and rules), for display and stacking."""
+        return {}
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self.settings().items())
+        ins = ", ".join(f"{u}:{r}" for u, r in zip(self.inputs, self.rules))
+        return f"{type(self).__name__}({self.name!r}, inputs=[{ins}]{extra})"
+
+
+@dataclass(repr=False)
+class Input(Node):
+    """Batched real-valued data ``[B, size]``: no parameters, no targets."""
+
+    size: int = 1
+    kind = "input"
+    is_data = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.inputs:
+            raise GraphError(f"data input {self.name!r} cannot have inputs")
+        _check_size(self.size, self.name)
+
+    def settings(self):
+        return {"size": self.size}
+
+
+@dataclass(repr=False)
+class IndexInput(Node):
+    """Batched integer data ``[B]`` in ``0..num_classes-1``.
+
+    Fed to a dense node it acts as a one-hot vector of width ``num_classes``
+    (computed as a gather, never materialised); fed to a cross-entropy loss it
+    is the labels.
+    """
+
+    num_classes: int = 2
+    kind = "index_input"
+    is_data = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.inputs:
+            raise GraphError(f"data input {self.name!r} cannot have inputs")
+        _check_size(self.num_classes, self.name)
+
+    @property
+    def size(self):
+        return self.num_classes
+
+    def settings(self):
+        return {"num_classes": self.num_classes}
+
+
+@dataclass(repr=False)
+class Dense(Node):
+    """``h = act(sum_i W_i h_i + b)`` with any number of inputs.
+
+    ``weights`` names one parameter group per input (shape ``[size, size_i]``),
+    ``bias`` a group of shape ``[size]`` or None. ``inverses`` maps an input
+    name to the :class:`Inverse` used by ``dtp``/``tp`` edges from that input.
+    ``merge`` overrides the graph's merge strategy for this node's target.
+    """
+
+    size: int = 1
+    act: str = "tanh"
+    weights: tuple = ()
+    bias: str | None = None
+    slope: float = 0.01
+    inverses: dict = field(default_factory=dict)
+    merge: str | None = None
+    kind = "dense"
+    has_params = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_size(self.size, self.name)
+        _check_act(self.act, self.name)
+        if isinstance(self.weights, str):
+            self.weights = (self.weights,)
+        self.weights = tuple(self.weights)
+        if len(self.weights) != len(self.inputs):
+            raise GraphError(
+                f"node {self.name!r}: {len(self.weights)} weight groups for {len(self.inputs)} inputs "
+                f"{self.inputs}; name one parameter group per input"
+            )
+        for w in self.weights:
+            _check_name(w, f"node {self.name!r}: weight group name")
+        if self.bias is not None:
+            _check_name(self.bias, f"node {self.name!r}: bias group name")
+        if not self.inputs:
+            raise GraphError(f"dense node {self.name!r} needs at least one input")
+
+    def settings(self):
+        s = {"size": self.size, "act": self.act, "weights": self.weights, "bias": self.bias}
+        if self.inverses:
+            # keyed by input slot, so that the nodes of an unrolled chain compare equal
+            s["inverses"] = {
+                self.inputs.index(of): (inv.weight, inv.bias, inv.act, inv.others, inv.noise, inv.slope)
+                for of, inv in sorted(self.inverses.items(), key=lambda kv: self.inputs.index(kv[0]))
+                if of in self.inputs
+            }
+        if self.merge:
+            s["merge"] = self.merge
+        return s
+
+
+@dataclass(repr=False)
+class SoftmaxOutput(Dense):
+    """A linear layer whose value is the logits ``z = sum_i W_i h_i + b``.
+
+    Its probabilities are ``softmax(z)``; a cross-entropy loss takes the
+    logits so that gradients stay stable. Local updates and credit act on the
+    logits.
+    """
+
+    act: str = "identity"
+    kind = "softmax_output"
+
+    def __post_init__(self):
+        if self.act != "identity":
+            raise GraphError(f"softmax output {self.name!r}: act is fixed to 'identity' (logits)")
+        super().__post_init__()
+
+
+@dataclass(repr=False)
+class Add(Node):
+    """Elementwise sum of inputs of equal size; no parameters."""
+
+    merge: str | None = None
+    size: int = 0  # set from the inputs when the graph is validated
+    kind = "add"
+
+    def settings(self):
+        return {"merge": self.merge} if self.merge else {}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.inputs) < 1:
+            raise GraphError(f"add node {self.name!r} needs at least one input")
+
+
+@dataclass(repr=False)
+class Loss(Node):
+    """Base of losses: input 0 is the prediction, input 1 what it is compared against.
+
+    A loss proposes the target ``h - alpha * dL/dh`` for its prediction
+    (``alpha`` from the engine, or ``alpha`` here to override it).
+    """
+
+    reduction: str = "mean"
+    alpha: float | None = None
+    is_loss = True
+    size = 1  # a loss's value is one number per sample
+
+    def default_rules(self):
+        return ("gradient", "none")[: len(self.inputs)]
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.inputs) != 2:
+            raise GraphError(
+                f"loss {self.name!r} has nothing to compare against: it needs exactly two inputs "
+                f"(prediction, labels/target), got {list(self.inputs)}"
+            )
+        if self.reduction not in REDUCTIONS:
+            raise GraphError(
+                f"loss {self.name!r}: unknown reduction {self.reduction!r}; known: {', '.join(REDUCTIONS)}"
+            )
+        if self.rules[1] != "none":
+            raise GraphError(f"loss {self.name!r}: the edge from {self.inputs[1]!r} (labels/target) must have rule 'none'")
+        if self.rules[0] == "none":
+            raise GraphError(f"loss {self.name!r}: the edge from its prediction {self.inputs[0]!r} cannot have rule 'none'")
+
+    def settings(self):
+        s = {"reduction": self.reduction}
+        if self.alpha is not None:
+            s["alpha"] = self.alpha
+        return s
+
+
+@dataclass(repr=False)
+class CrossEntropy(Loss):
+    """Cross-entropy of ``softmax(logits)`` against integer labels (an :class:`IndexInput`)."""
+
+    kind = "cross_entropy"
+
+
+@dataclass(repr=False)
+class MSE(Loss):
+    """``1/2 ||h - t||^2`` per sample against a real-valued target node."""
+
+    kind = "mse"
+
+
+#: Node kinds by name, for declarations read from networkx attributes.
+KINDS = {
+    cls.kind: cls
+    for cls in (Input, IndexInput, Dense, SoftmaxOutput, Add, CrossEntropy, MSE)
+}

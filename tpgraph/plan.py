@@ -1,0 +1,339 @@
+"""Compile a validated graph into a static plan of *stacks*.
+
+A stack is a set of nodes with the same signature (kind, sizes, parameter
+groups, credit rules, inverse, merge) whose inputs come from the same stacks:
+the ``L`` hidden states of an unrolled RNN, its ``L`` outputs, its ``L``
+losses. The engine runs each stack with a few large kernel calls over all
+``m * B`` rows at once. A stack whose member ``k`` takes member ``k - 1`` as
+one input (a *chain*, the recurrence through time) runs that input as a scan:
+one compiled loop over the members, everything else still batched.
+
+How stacks are found (graph -> stacks, once per graph):
+
+1. nodes get a local signature; data nodes also by which consumers they feed;
+2. partition refinement: a node's key is its signature plus, for each input
+   slot, the group of its source — or ``"self"`` when that slot links the
+   group to itself (the recurrent slot of a chain) — until the partition is
+   stable;
+3. a group with a self-link must be one chain (dense kind, one recurrent
+   slot, member ``k`` fed by member ``k-1``); a group that is not, and any
+   groups on a cycle of the stack graph, are split into single nodes and the
+   refinement runs again. Single nodes are always valid stacks, so this
+   terminates, and any DAG compiles; the SRN compiles to a handful of stacks.
+
+Nothing here touches arrays of a batch: buffers are made per batch size by
+:class:`tpgraph.engine.Engine` from this plan, and the per-batch loop never
+touches networkx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from .graph import Graph
+from .kernels.activations import ACTIVATIONS, TANH, TANH_FAST
+from .merges import BUILTIN
+from .nodes import Add, Dense, IndexInput, Input, Inverse, Node
+
+
+@dataclass(repr=False)
+class Slot:
+    """Input slot ``index`` of every member of a stack."""
+
+    index: int
+    src: int  # source stack id
+    rows: object  # slice or int array: source member of each consumer member (None if recurrent)
+    rule: str
+    propose: bool  # does a proposal flow to the source?
+    weight: str | None = None
+    inverse: Inverse | None = None
+    recurrent: bool = False
+    src_is_index: bool = False
+    src_size: int = 0
+
+    def __repr__(self):
+        kind = "recurrent" if self.recurrent else f"rows={self.rows}"
+        return f"Slot({self.index}, src=stack {self.src}, {kind}, rule={self.rule!r}, propose={self.propose})"
+
+
+@dataclass(repr=False)
+class Stack:
+    """Nodes run together: values ``[m, B, n]``."""
+
+    id: int
+    node: Node  # the first member; all members share its settings
+    members: list[str]
+    slots: list[Slot] = field(default_factory=list)
+    needs_target: bool = False
+    chain: bool = False
+    rec_slot: int | None = None
+    init_src: tuple[int, int] | None = None  # (stack, member) of the chain's initial recurrent input
+    propose_init: bool = False  # does the chain's head propose a target to its initial input?
+    merge: str = "linear"
+    counts: np.ndarray | None = None  # incoming proposals per member
+    incoming: list = field(default_factory=list)  # per member: [(stack id, slot index, consumer member)]
+
+    @property
+    def m(self) -> int:
+        return len(self.members)
+
+    @property
+    def kind(self) -> str:
+        return self.node.kind
+
+    @property
+    def size(self) -> int:
+        return self.node.size
+
+    @property
+    def fused_merge(self) -> bool:
+        return self.merge in BUILTIN
+
+    def __repr__(self):
+        shape = "chain" if self.chain else "batch"
+        head = self.members[0] if self.m == 1 else f"{self.members[0]}..{self.members[-1]}"
+        return f"Stack({self.id}, {self.kind} x{self.m} [{head}], {shape}, merge={self.merge!r})"
+
+
+@dataclass(repr=False)
+class Plan:
+    """The static plan of a graph: stacks in topological order and their wiring."""
+
+    graph: Graph
+    stacks: list[Stack]
+    where: dict[str, tuple[int, int]]  # node -> (stack id, member index)
+    forward_groups: list[str]
+    inverse_groups: list[str]
+
+    def __repr__(self):
+        return f"Plan({self.graph.name!r}: {len(self.where)} nodes in {len(self.stacks)} stacks)"
+
+    def describe(self) -> str:
+        """One line per stack, for reading the compiled structure."""
+        return "\n".join(repr(s) for s in self.stacks)
+
+
+def act_code(name: str, dtype, fast_tanh: bool) -> int:
+    code = ACTIVATIONS[name]
+    if code == TANH and fast_tanh and np.dtype(dtype) == np.float32:
+        return TANH_FAST
+    return code
+
+
+def _needs_target(graph: Graph, order: list[str]) -> dict[str, bool]:
+    """A node needs a target if it has parameters or credit can reach parameters through it."""
+    need: dict[str, bool] = {}
+    for v in order:
+        n = graph.node(v)
+        if n.is_data or n.is_loss:
+            need[v] = False
+        elif n.has_params:
+            need[v] = True
+        else:
+            need[v] = any(r != "none" and need[u] for u, r in zip(n.inputs, n.rules))
+    return need
+
+
+def _local_signature(graph, n: Node, need, forced):
+    if n.name in forced:
+        return ("single", n.name)
+    # Sources are told apart by the refinement (their groups), not here: the
+    # head of a chain has a source unlike its members' and must still match.
+    sig = [type(n).__name__, repr(n.settings()), n.rules, need[n.name]]
+    if n.is_data:
+        feeds = sorted(
+            (type(graph.node(c)).__name__, repr(graph.node(c).settings()), graph.nx.edges[n.name, c]["slot"])
+            for c in graph.nx.successors(n.name)
+        )
+        sig.append(tuple(feeds))
+    return tuple(sig)
+
+
+def _refine(graph, order, need, forced):
+    """Partition refinement to a stable grouping; returns node -> group id."""
+    pos = {v: i for i, v in enumerate(order)}
+    sigs = {v: _local_signature(graph, graph.node(v), need, forced) for v in order}
+    ids = {s: i for i, s in enumerate(dict.fromkeys(sigs[v] for v in order))}
+    group = {v: ids[sigs[v]] for v in order}
+    while True:
+        members: dict[int, list[str]] = {}
+        for v in order:
+            members.setdefault(group[v], []).append(v)
+        self_slots = {}
+        for gid, vs in members.items():
+            n0 = graph.node(vs[0])
+            self_slots[gid] = {
+                i for i in range(len(n0.inputs))
+                if any(group[graph.node(v).inputs[i]] == gid for v in vs)
+            }
+        keys = {}
+        for v in order:
+            n = graph.node(v)
+            g = group[v]
+            slot_keys = tuple("self" if i in self_slots[g] else group[u] for i, u in enumerate(n.inputs))
+            keys[v] = (g, slot_keys)
+        new_ids = {k: i for i, k in enumerate(dict.fromkeys(keys[v] for v in order))}
+        new_group = {v: new_ids[keys[v]] for v in order}
+        if len(new_ids) == len(set(group.values())):
+            return group, pos
+        group = new_group
+
+
+def compile_plan(graph: Graph) -> Plan:
+    """Validate ``graph`` and compile it into stacks (see the module docstring)."""
+    order = graph.validate()
+    need = _needs_target(graph, order)
+    forced: set[str] = set()
+    while True:
+        group, pos = _refine(graph, order, need, forced)
+        members: dict[int, list[str]] = {}
+        for v in order:
+            members.setdefault(group[v], []).append(v)
+        bad = set()
+        chains = {}
+        for gid, vs in members.items():
+            rec = _chain_slot(graph, vs, group, gid)
+            if rec == "invalid":
+                bad.update(vs)
+            else:
+                chains[gid] = rec
+        if not bad:
+            sg = nx.DiGraph()
+            sg.add_nodes_from(members)
+            for gid, vs in members.items():
+                for v in vs:
+                    for u in graph.node(v).inputs:
+                        if group[u] != gid:
+                            sg.add_edge(group[u], gid)
+            try:
+                cyc = nx.find_cycle(sg)
+            except nx.NetworkXNoCycle:
+                cyc = None
+            if cyc:
+                for a, b in cyc:
+                    bad.update(members[a])
+                    bad.update(members[b])
+        bad -= forced
+        if not bad:
+            break
+        forced |= bad
+    stack_order = list(nx.topological_sort(sg))
+    renumber = {gid: i for i, gid in enumerate(stack_order)}
+    where = {}
+    stacks = []
+    for gid in stack_order:
+        vs = members[gid]
+        rec = chains[gid]
+        if rec is not None:
+            vs = _chain_order(graph, vs, rec)
+        st = Stack(id=renumber[gid], node=graph.node(vs[0]), members=vs)
+        st.needs_target = need[vs[0]]
+        st.chain = rec is not None
+        st.rec_slot = rec
+        st.merge = getattr(st.node, "merge", None) or graph.merge
+        for k, v in enumerate(vs):
+            where[v] = (st.id, k)
+        stacks.append(st)
+    for st in stacks:
+        n0 = st.node
+        for i, u0 in enumerate(n0.inputs):
+            rule = n0.rules[i]
+            src_node = graph.node(u0)
+            propose = rule != "none" and need[u0]
+            slot = Slot(
+                index=i, src=where[u0][0], rows=None, rule=rule, propose=bool(propose),
+                weight=n0.weights[i] if isinstance(n0, Dense) else None,
+                inverse=n0.inverses.get(u0) if isinstance(n0, Dense) else None,
+                src_is_index=isinstance(src_node, IndexInput), src_size=src_node.size,
+            )
+            if st.chain and i == st.rec_slot:
+                slot.recurrent = True
+                slot.propose = rule != "none"  # members propose to their predecessors
+                st.init_src = where[u0]
+                st.propose_init = bool(propose)
+            else:
+                rows = np.array([where[graph.node(v).inputs[i]][1] for v in st.members], dtype=np.int64)
+                if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+                    slot.rows = slice(int(rows[0]), int(rows[0]) + len(rows))
+                else:
+                    slot.rows = rows
+            st.slots.append(slot)
+    _wire_incoming(graph, stacks, where)
+    fwd, inv = set(), set()
+    for n in graph.nodes:
+        if isinstance(n, Dense):
+            fwd.update(n.weights)
+            if n.bias:
+                fwd.add(n.bias)
+            for i in n.inverses.values():
+                inv.add(i.weight)
+                if i.bias:
+                    inv.add(i.bias)
+    clash = fwd & inv
+    if clash:
+        from .errors import GraphError
+
+        raise GraphError(f"parameter group(s) {sorted(clash)} are used both by forward nodes and by an "
+                         f"inverse; an inverse trains its own groups and may only *use* forward weights "
+                         f"through others='forward'")
+    return Plan(graph, stacks, where, sorted(fwd), sorted(inv))
+
+
+def _chain_slot(graph, vs, group, gid):
+    """The recurrent slot of a group that links to itself, None if it does not, or "invalid"."""
+    n0 = graph.node(vs[0])
+    rec = [i for i in range(len(n0.inputs)) if any(group[graph.node(v).inputs[i]] == gid for v in vs)]
+    if not rec:
+        return None
+    if len(rec) > 1 or not isinstance(n0, Dense):
+        return "invalid"
+    i = rec[0]
+    inside = set(vs)
+    heads = [v for v in vs if graph.node(v).inputs[i] not in inside]
+    if len(heads) != 1:
+        return "invalid"
+    succ = {}
+    for v in vs:
+        u = graph.node(v).inputs[i]
+        if u in inside:
+            if u in succ:
+                return "invalid"
+            succ[u] = v
+    # walk from the head: must visit every member
+    seen, v = 1, heads[0]
+    while v in succ:
+        v = succ[v]
+        seen += 1
+    return i if seen == len(vs) else "invalid"
+
+
+def _chain_order(graph, vs, rec):
+    inside = set(vs)
+    succ = {graph.node(v).inputs[rec]: v for v in vs if graph.node(v).inputs[rec] in inside}
+    v = next(v for v in vs if graph.node(v).inputs[rec] not in inside)
+    out = [v]
+    while v in succ:
+        v = succ[v]
+        out.append(v)
+    return out
+
+
+def _wire_incoming(graph, stacks, where):
+    """For every node that needs a target, the proposals it receives (for merges and inspection)."""
+    for st in stacks:
+        st.incoming = [[] for _ in range(st.m)]
+    for st in stacks:
+        for slot in st.slots:
+            if not slot.propose:
+                continue
+            for k, v in enumerate(st.members):
+                if slot.recurrent and k == 0 and not st.propose_init:
+                    continue
+                u = graph.node(v).inputs[slot.index]
+                sid, j = where[u]
+                stacks[sid].incoming[j].append((st.id, slot.index, k))
+    for st in stacks:
+        st.counts = np.array([len(x) for x in st.incoming], dtype=np.int64)
