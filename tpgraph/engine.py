@@ -316,8 +316,8 @@ class Engine:
                 continue
             p = self.params[g]
             grad = self.grads[g]
-            if opts["scale"] != 1.0:
-                grad *= opts["scale"]
+            if opts["scale"] != 1.0:  # keep grads as computed (for inspection); scale a copy
+                grad = np.multiply(grad, opts["scale"], out=self._gtmp[g])
             upd = self.updates[g]
             np.copyto(upd, p)
             self.optimizers[g].step(p, grad)

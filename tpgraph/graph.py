@@ -265,7 +265,15 @@ class Graph:
         return order
 
     def _size(self, name):
-        return self.node(name).size
+        n = self.node(name)
+        seen = set()
+        while isinstance(n, Add) and n.inputs and name not in seen:  # an add is as wide as its inputs
+            seen.add(name)
+            name = n.inputs[0]
+            if name not in self.nx or "node" not in self.nx.nodes[name]:
+                return 0
+            n = self.node(name)
+        return n.size
 
     def _validate_node(self, n: Node) -> None:
         sizes = [self._size(u) for u in n.inputs]

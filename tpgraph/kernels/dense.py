@@ -80,21 +80,21 @@ def scan_forward(hext, a, bias, wt, code, slope, tmp):
 def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
     """Credit back through a chain with the ``gradient`` rule (BPTT's scan).
 
-    For ``k = start .. stop`` (descending): ``delta[k] = d[k] * act'(h_k)``; ``p[k] = delta @ w``
-    (the displacement proposed to member ``k-1``, or to the chain's initial
-    input for ``k = 0``); then member ``k-1`` merges it:
+    For ``k = start .. stop`` (descending): ``delta[k] = d[k] * act'(h_k)``;
+    ``p[k] = delta[k] @ w`` (the displacement proposed to member ``k-1``, or
+    to the chain's initial input for ``k = 0``); then member ``k-1`` merges it:
     ``d[k-1] = (d[k-1] + p[k]) * inv_count[k-1]`` (``inv_count`` is 1 for the
-    linear merge, ``1/count`` for the mean merge). ``d[m-1]`` must be final.
+    linear merge, ``1/count`` for the mean merge). ``d[start]`` must be final.
     """
-    m = d.shape[0]
-    rows, cols = delta.shape
-    for k in range(m - 1, stop - 1, -1):
+    rows, cols = delta.shape[1], delta.shape[2]
+    for k in range(start, stop - 1, -1):
         dk = d[k]
         hk = hext[k + 1]
+        dl = delta[k]
         for r in range(rows):
             for j in range(cols):
-                delta[r, j] = dk[r, j] * deriv_scalar(hk[r, j], code, slope)
-        np.dot(delta, w, p[k])
+                dl[r, j] = dk[r, j] * deriv_scalar(hk[r, j], code, slope)
+        np.dot(dl, w, p[k])
         if k > 0:
             _merge_into(d[k - 1], p[k], inv_count[k - 1])
 
