@@ -182,11 +182,15 @@ def _refine(graph, order, need, forced):
         group = new_group
 
 
-def compile_plan(graph: Graph) -> Plan:
-    """Validate ``graph`` and compile it into stacks (see the module docstring)."""
+def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
+    """Validate ``graph`` and compile it into stacks (see the module docstring).
+
+    ``stacking=False`` puts every node in a stack of its own (one kernel call
+    per node): slower, the same results; useful as a reference and for debugging.
+    """
     order = graph.validate()
     need = _needs_target(graph, order)
-    forced: set[str] = set()
+    forced: set[str] = set() if stacking else set(order)
     while True:
         group, pos = _refine(graph, order, need, forced)
         members: dict[int, list[str]] = {}
