@@ -7,7 +7,20 @@ credit rules — using :class:`Engine`. :class:`SRN` is the paper's unrolled
 simple recurrent network (Dai & Chin).
 """
 
-from .engine import Engine, StepResult
+import os as _os
+import sys as _sys
+
+# tpgraph's products are small ([20 x 128] @ [128 x 128]): threaded BLAS barely
+# helps and, on a busy machine, its spinning threads make every product
+# several times slower (PERFORMANCE.md, lesson 6). So unless the user chose a
+# thread count, and only if NumPy is not loaded yet, use one BLAS thread.
+# Set OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) yourself to override.
+if "numpy" not in _sys.modules and not any(
+    v in _os.environ for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+):
+    _os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+from .engine import Engine, StepResult  # noqa: E402
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, GraphError,
                      TPGraphError)
 from .graph import Graph

@@ -40,7 +40,6 @@ updates applied (:meth:`value`, :meth:`target`, :meth:`proposal`, ...).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,15 +55,25 @@ from .params import ParamStore
 from .plan import Plan, act_code, compile_plan
 
 
-@dataclass
 class StepResult:
-    """What one step returns: the total loss (sum over loss nodes) and each loss node's value."""
+    """What one step returns: the total loss (sum over loss nodes, each reduced over the batch)."""
 
-    loss: float
-    losses: dict = field(default_factory=dict)
+    __slots__ = ("loss", "_engine")
+
+    def __init__(self, loss: float, engine: "Engine"):
+        self.loss = loss
+        self._engine = engine
+
+    @property
+    def losses(self) -> dict:
+        """Each loss node's value (from the engine's last forward pass)."""
+        return self._engine.losses()
 
     def __float__(self):
         return self.loss
+
+    def __repr__(self):
+        return f"StepResult(loss={self.loss:.6g})"
 
 
 class Engine:
@@ -161,6 +170,8 @@ class Engine:
         self._buffers: dict[int, Buffers] = {}
         self.buf: Buffers | None = None
         self._data_stacks = [st for st in self.plan.stacks if st.node.is_data]
+        self._data_nodes = {v: self.graph.node(v) for st in self._data_stacks for v in st.members}
+        self._feed_keys: dict[tuple, bool] = {}  # batch keys already checked against the graph
         self._losses = [st for st in self.plan.stacks if st.node.is_loss]
         self._loss_scratch = {}
         self._last = None
@@ -192,20 +203,19 @@ class Engine:
             names = tuple(key) if isinstance(key, tuple) else (key,)
             arr = np.asarray(arr)
             stacked = isinstance(key, tuple)
+            known = self._feed_keys.get(names)
+            if known is None:
+                self._check_names(names, stacked)
+                self._feed_keys[names] = True
             lead = arr.shape[1:] if stacked else arr.shape
             if stacked and (arr.ndim < 2 or arr.shape[0] != len(names)):
                 raise DataError(f"stacked batch for {len(names)} nodes ({names[0]!r}..) must have shape "
                                 f"[{len(names)}, B, ...], got {arr.shape}")
-            for name in names:
-                if name not in self.plan.where:
-                    raise DataError(f"batch names {name!r}, which is not a node of graph {self.graph.name!r}")
-                node = self.graph.node(name)
-                if not node.is_data:
-                    raise DataError(f"batch names {name!r}, a {node.kind} node; only data inputs are fed")
-                if name in fed:
-                    raise DataError(f"batch feeds {name!r} twice")
-                fed.add(name)
-            node = self.graph.node(names[0])
+            n_before = len(fed)
+            fed.update(names)
+            if len(fed) != n_before + len(names):
+                raise DataError(f"batch feeds some of {list(names[:3])} twice")
+            node = self._data_nodes[names[0]]
             if len(lead) == 0:
                 raise DataError(f"batch for {names[0]!r} has no batch dimension (shape {arr.shape})")
             if B is None:
@@ -228,9 +238,8 @@ class Engine:
                 if not np.all(np.isfinite(arr)):
                     raise DataError(f"input {names[0]!r} contains NaN or inf")
             items.append((names, arr, stacked))
-        missing = [st.members for st in self._data_stacks if not set(st.members) <= fed]
-        if missing:
-            names = sorted(n for ms in missing for n in ms if n not in fed)
+        if len(fed) != len(self._data_nodes):
+            names = sorted(n for n in self._data_nodes if n not in fed)
             raise DataError(f"batch does not feed the data node(s) {names[:5]}{' ...' if len(names) > 5 else ''}")
         self.buf = self._buffers_for(B)
         for names, arr, stacked in items:
@@ -246,6 +255,20 @@ class Engine:
             else:
                 np.copyto(h[k0], arr, casting="unsafe")
 
+    def _check_names(self, names, stacked):
+        data = self._data_nodes
+        for name in names:
+            if name not in data:
+                if name not in self.plan.where:
+                    raise DataError(f"batch names {name!r}, which is not a node of graph {self.graph.name!r}")
+                raise DataError(f"batch names {name!r}, a {self.graph.node(name).kind} node; "
+                                f"only data inputs are fed")
+        if len(set(names)) != len(names):
+            raise DataError(f"batch key {names[:3]}... names a node twice")
+        node = data[names[0]]
+        if stacked and any(type(data[v]) is not type(node) or data[v].size != node.size for v in names):
+            raise DataError(f"stacked batch for {names[0]!r}..: the nodes differ in kind or size; feed them apart")
+
     # ------------------------------------------------------------------ step
     def forward(self, batch: Mapping | None = None) -> StepResult:
         """Run the forward pass (and the losses) only."""
@@ -260,18 +283,21 @@ class Engine:
         return self._result()
 
     def _result(self) -> StepResult:
-        losses = {}
         total = 0.0
-        B = self.buf.B
         for st in self._losses:
-            rows = self.buf.stacks[st.id].loss
-            per = rows.sum(axis=1, dtype=np.float64)
+            s = float(self.buf.stacks[st.id].loss.sum(dtype=np.float64))
+            total += s / self.buf.B if st.node.reduction == "mean" else s
+        return StepResult(total, self)
+
+    def losses(self) -> dict:
+        """The value of every loss node at the last forward pass (reduced over the batch)."""
+        out = {}
+        for st in self._losses:
+            per = self.buf.stacks[st.id].loss.sum(axis=1, dtype=np.float64)
             if st.node.reduction == "mean":
-                per = per / B
-            for name, v in zip(st.members, per):
-                losses[name] = float(v)
-            total += float(per.sum())
-        return StepResult(total, losses)
+                per = per / self.buf.B
+            out.update(zip(st.members, per.tolist()))
+        return out
 
     def step(self, batch: Mapping | None = None, *, update_forward: bool = True,
              update_inverse: bool = True, apply: bool = True) -> StepResult:
@@ -321,13 +347,26 @@ class Engine:
             upd = self.updates[g]
             np.copyto(upd, p)
             self.optimizers[g].step(p, grad)
-            if self.check_finite and not np.isfinite(p).all():
-                raise DivergenceError(f"step {self.step_count + 1}: parameter group {g!r} became non-finite",
-                                      step=self.step_count + 1, quantity=g)
+            if self.check_finite and not kd.all_finite(p):
+                raise DivergenceError(self._diagnose(g), step=self.step_count + 1, quantity=self._culprit)
             np.subtract(p, upd, out=upd)
         for g in self.updates:
             if g not in self._written:
                 self.updates[g].fill(0)
+
+    def _diagnose(self, group: str) -> str:
+        """Name the first non-finite quantity of this step (only called once things went wrong)."""
+        step = self.step_count + 1
+        for st, b in zip(reversed(self.plan.stacks), reversed(self.buf.stacks)):
+            if b.d is not None and not kd.all_finite(b.d):
+                k = next(k for k in range(st.m) if not kd.all_finite(b.d[k]))
+                self._culprit = f"target of {st.members[k]}"
+                return f"step {step}: the target of node {st.members[k]!r} is not finite (parameter group {group!r} then was)"
+        if not kd.all_finite(self.grads[group]):
+            self._culprit = f"gradient of {group}"
+            return f"step {step}: the gradient of parameter group {group!r} is not finite"
+        self._culprit = group
+        return f"step {step}: parameter group {group!r} became non-finite (the update overflowed)"
 
     # ------------------------------------------------------------------ helpers for runners
     def grad_target(self, group: str) -> np.ndarray:
@@ -485,6 +524,3 @@ class Engine:
             return self.buf.stacks[sid].h[k0:k0 + len(names)]
         return np.stack([self.value(n) for n in names])
 
-    def losses(self) -> dict:
-        """The value of every loss node at the last forward pass."""
-        return self._result().losses

@@ -10,7 +10,7 @@ orientation ``W [out, in]``; ``WT`` denotes a contiguous transposed copy.
 
 import numpy as np
 
-from .activations import act_scalar, deriv_scalar
+from .activations import TANH, TANH_FAST, act_block, act_scalar, deriv_scalar, fast_tanh, mul_deriv
 from .jit import kernel
 
 
@@ -66,14 +66,10 @@ def scan_forward(hext, a, bias, wt, code, slope, tmp):
     inputs, computed for all members in one batched product), ``wt`` the
     transposed recurrent weight ``[n_in, n]``, ``tmp [B, n]`` scratch.
     """
-    m, rows, cols = a.shape
+    m = a.shape[0]
     for k in range(m):
         np.dot(hext[k], wt, tmp)
-        out = hext[k + 1]
-        ak = a[k]
-        for r in range(rows):
-            for j in range(cols):
-                out[r, j] = act_scalar(ak[r, j] + tmp[r, j] + bias[j], code, slope)
+        act_block(tmp, a[k], bias, code, slope, hext[k + 1])
 
 
 @kernel
@@ -86,14 +82,9 @@ def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
     ``d[k-1] = (d[k-1] + p[k]) * inv_count[k-1]`` (``inv_count`` is 1 for the
     linear merge, ``1/count`` for the mean merge). ``d[start]`` must be final.
     """
-    rows, cols = delta.shape[1], delta.shape[2]
     for k in range(start, stop - 1, -1):
-        dk = d[k]
-        hk = hext[k + 1]
         dl = delta[k]
-        for r in range(rows):
-            for j in range(cols):
-                dl[r, j] = dk[r, j] * deriv_scalar(hk[r, j], code, slope)
+        mul_deriv(d[k], hext[k + 1], code, slope, dl)
         np.dot(dl, w, p[k])
         if k > 0:
             _merge_into(d[k - 1], p[k], inv_count[k - 1])
@@ -118,12 +109,7 @@ def scan_inverse(d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, diff
                 tmp[r, j] = hk[r, j] + dk[r, j]
         pk = p[k]
         np.dot(tmp, vt, pk)
-        ogk = og[k]
-        ref = gf[k] if difference else hext[k]
-        prow, pcol = pk.shape
-        for r in range(prow):
-            for j in range(pcol):
-                pk[r, j] = act_scalar(pk[r, j] + ogk[r, j], gcode, slope) - ref[r, j]
+        inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             _merge_into(d[k - 1], pk, inv_count[k - 1])
 
@@ -140,9 +126,18 @@ def _merge_into(dst, src, scale):
 def inverse_finish(p, og, ref, code, slope):
     """``p = act(p + og) - ref``: an inverse's proposal as a displacement (2-D blocks)."""
     rows, cols = p.shape
-    for r in range(rows):
-        for j in range(cols):
-            p[r, j] = act_scalar(p[r, j] + og[r, j], code, slope) - ref[r, j]
+    if code == TANH_FAST:
+        for r in range(rows):
+            for j in range(cols):
+                p[r, j] = fast_tanh(p[r, j] + og[r, j]) - ref[r, j]
+    elif code == TANH:
+        for r in range(rows):
+            for j in range(cols):
+                p[r, j] = np.tanh(p[r, j] + og[r, j]) - ref[r, j]
+    else:
+        for r in range(rows):
+            for j in range(cols):
+                p[r, j] = act_scalar(p[r, j] + og[r, j], code, slope) - ref[r, j]
 
 
 @kernel
@@ -154,13 +149,20 @@ def inverse_residual(g, x, code, slope, dg, loss):
     ``loss[k] = 1/2 ||g[k] - x[k]||^2`` summed over the batch.
     """
     m, rows, cols = g.shape
+    tanh_like = code == TANH or code == TANH_FAST
     for k in range(m):
         acc = 0.0
         for r in range(rows):
-            for j in range(cols):
-                e = g[k, r, j] - x[k, r, j]
-                acc += e * e
-                dg[k, r, j] = e * deriv_scalar(g[k, r, j], code, slope)
+            if tanh_like:
+                for j in range(cols):
+                    e = g[k, r, j] - x[k, r, j]
+                    acc += e * e
+                    dg[k, r, j] = e * (1.0 - g[k, r, j] * g[k, r, j])
+            else:
+                for j in range(cols):
+                    e = g[k, r, j] - x[k, r, j]
+                    acc += e * e
+                    dg[k, r, j] = e * deriv_scalar(g[k, r, j], code, slope)
         loss[k] = 0.5 * acc
 
 
@@ -181,3 +183,13 @@ def add_noise(x, noise, sigma, out):
     """``out = x + sigma * noise`` (flat blocks)."""
     for i in range(x.size):
         out.flat[i] = x.flat[i] + sigma * noise.flat[i]
+
+
+@kernel
+def all_finite(a):
+    """True if every entry of ``a`` is finite (no allocation)."""
+    for i in range(a.size):
+        v = a.flat[i]
+        if not np.isfinite(v):
+            return False
+    return True
