@@ -155,7 +155,8 @@ def mul_deriv(d, h, code, slope, out):
     if code == TANH or code == TANH_FAST:
         for r in range(rows):
             for j in range(cols):
-                out[r, j] = d[r, j] * (1.0 - h[r, j] * h[r, j])
+                # d - d h^2 rather than d (1 - h^2): no float64 literal, so float32 stays float32
+                out[r, j] = d[r, j] - d[r, j] * h[r, j] * h[r, j]
     elif code == IDENTITY:
         for r in range(rows):
             for j in range(cols):

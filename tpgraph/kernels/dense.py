@@ -157,7 +157,7 @@ def inverse_residual(g, x, code, slope, dg, loss):
                 for j in range(cols):
                     e = g[k, r, j] - x[k, r, j]
                     acc += e * e
-                    dg[k, r, j] = e * (1.0 - g[k, r, j] * g[k, r, j])
+                    dg[k, r, j] = e - e * g[k, r, j] * g[k, r, j]
             else:
                 for j in range(cols):
                     e = g[k, r, j] - x[k, r, j]
