@@ -1,0 +1,470 @@
+"""The ``tpgraph`` command line: ``train``, ``compare``, ``plot``, ``config``.
+
+Exit status: 0 when the run completed, 1 when it diverged or was aborted by a
+stop rule (the run folder records why), 2 for a user error (a bad flag, key,
+value or file: one line ``tpgraph: error: ...``, no traceback unless
+``--debug``), 130 when interrupted by Ctrl-C (after saving a checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+from .errors import TPGraphError
+
+EXIT_OK, EXIT_STOPPED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_TRAIN_EXAMPLES = """\
+examples:
+  tpgraph train examples/configs/quick.toml
+      the README's run: TP on copy memory (delay 5), a few minutes on 2 cores
+  tpgraph train examples/configs/copy_memory_tp.toml --batches 5000 --seed 3
+  tpgraph train --method bptt --delay 10 --set optimizer.lr_f=3e-4
+  tpgraph train --resume runs/copy_memory-tp-20250101-120000
+      continue a killed or interrupted run exactly where its last checkpoint left it
+
+Without CONFIG the paper's protocol is used (copy memory, delay 5, 25000
+batches of 20, validation on 500 batches). Settings are applied in this order:
+the defaults, CONFIG, each --set, then the named flags. `tpgraph config --keys`
+lists every key. Each run writes a folder under output.runs_dir (default
+runs/) holding config.toml, metrics.csv, summary.json, weights.npz, plots and
+the last checkpoint.
+"""
+
+_COMPARE_EXAMPLES = """\
+examples:
+  tpgraph compare examples/configs/quick.toml
+  tpgraph compare --delay 10 --batches 8000 --bptt-set optimizer.lr_f=1e-3
+
+Both runs use the same task, seed, initialisation and training batches; only
+method.name differs (and whatever --bptt-set changes for the BPTT run, e.g. its
+own learning rates). The comparison folder holds tp/ and bptt/ run folders,
+comparison.json and the plots (overview.png, loss.png, spectral_radius.png).
+"""
+
+_PLOT_EXAMPLES = """\
+examples:
+  tpgraph plot runs/compare-copy_memory-20250101-120000/tp runs/compare-copy_memory-20250101-120000/bptt -o tp_vs_bptt.png
+  tpgraph plot runs/my-run --kind loss -o loss.png
+"""
+
+_CONFIG_EXAMPLES = """\
+examples:
+  tpgraph config --keys                      every key, its default and what it means
+  tpgraph config examples/configs/quick.toml --set method.name=bptt > bptt.toml
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line ``tpgraph: error: ...`` and exit status 2."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
+
+
+class _UsageError(TPGraphError):
+    pass
+
+
+# ---------------------------------------------------------------------- BLAS threads
+def limit_blas_threads(n: int) -> list[str]:
+    """Set the thread count of every OpenBLAS loaded in this process (NumPy's, SciPy's for Numba).
+
+    The SRN's matrices are small: one thread is faster than two fighting over
+    2 cores (and leaves the other core to a second run). Returns the libraries
+    changed; does nothing where no OpenBLAS is found.
+    """
+    changed = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {parts[-1] for parts in map(str.split, fh) if len(parts) >= 6 and "openblas" in parts[-1].lower()}
+    except OSError:
+        return changed
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                       "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn(int(n))
+                changed.append(path)
+                break
+    return changed
+
+
+def _setup_threads(args) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        if any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+            return
+        threads = 1
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS Numba's np.dot uses)
+    limit_blas_threads(threads)
+
+
+# ---------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+#: Named flags: (flag, config key, type, help).
+_FLAGS = (
+    ("--method", "method.name", str, "tp or bptt"),
+    ("--delay", "task.delay", _positive_int, "copy memory delay T"),
+    ("--batches", "protocol.n_batches", _positive_int, "training batches in all"),
+    ("--warmup", "protocol.warmup", _nonneg_int, "TP's inverse-only warm-up batches"),
+    ("--hidden", "model.n_hidden", _positive_int, "hidden units"),
+    ("--seed", "protocol.seed", _nonneg_int, "seed of initialisation, batches and noise"),
+    ("--alpha", "method.alpha", _positive_float, "TP's target step size"),
+    ("--lr-f", "optimizer.lr_f", _positive_float, "forward learning rate"),
+    ("--lr-g", "optimizer.lr_g", _positive_float, "inverse learning rate"),
+    ("--lr-y", "optimizer.lr_y", _positive_float, "output-layer learning rate"),
+    ("--val-every", "protocol.val_every", _positive_int, "batches between validation points"),
+    ("--val-batches", "protocol.val_batches", _positive_int, "batches in the validation set"),
+    ("--checkpoint-every", "output.checkpoint_every", _nonneg_int, "batches between checkpoints (0: end only)"),
+    ("--runs-dir", "output.runs_dir", str, "folder receiving the run folders"),
+    ("--name", "output.name", str, "the run folder's name"),
+)
+
+
+def _add_common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    if config:
+        p.add_argument("config", nargs="?", metavar="CONFIG", help="a TOML configuration file (optional)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                       help="override one key, e.g. --set protocol.n_batches=2000 (repeatable)")
+        group = p.add_argument_group("shortcuts for common keys")
+        for flag, key, kind, help_text in _FLAGS:
+            group.add_argument(flag, type=kind, metavar=flag[2:].replace("-", "_").upper(), default=None,
+                               dest="flag_" + key.replace(".", "__"), help=f"{help_text} ({key})")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output (the final summary only)")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto",
+                   help="progress display: a bar on a terminal, a line per validation point otherwise (auto)")
+    p.add_argument("--no-plots", action="store_true", help="do not draw the plots at the end")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="BLAS threads (default 1, unless OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tpgraph", description=(
+        "Train simple recurrent networks with target propagation (Dai & Chin) or BPTT on the paper's "
+        "tasks, compare the two, and plot recorded runs."),
+        epilog="Run `tpgraph COMMAND --help` for each command's options and examples.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train one model (TP or BPTT) and record the run", epilog=_TRAIN_EXAMPLES,
+                       formatter_class=fmt, description="Train one SRN with the paper's protocol and write a run folder.")
+    _add_common(p)
+    _add_run_options(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint "
+                   "(takes no CONFIG or overrides)")
+
+    p = sub.add_parser("compare", help="train TP and BPTT from the same initialisation, side by side",
+                       epilog=_COMPARE_EXAMPLES, formatter_class=fmt,
+                       description="Train TP and BPTT on the same task, seed and initialisation; print a table.")
+    _add_common(p)
+    _add_run_options(p)
+    p.add_argument("--bptt-set", action="append", default=[], metavar="KEY=VALUE", dest="bptt_sets",
+                   help="override a key for the BPTT run only, e.g. --bptt-set optimizer.lr_f=1e-3")
+    p.add_argument("--resume", metavar="COMPARE_DIR", help="continue an interrupted comparison")
+
+    p = sub.add_parser("plot", help="plot recorded runs (loss vs baseline, accuracy, spectral radius)",
+                       epilog=_PLOT_EXAMPLES, formatter_class=fmt,
+                       description="Draw the loss (vs the memoryless baseline), accuracy and spectral radius "
+                                   "of one or more run folders into one PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (as written by train or compare)")
+    p.add_argument("-o", "--output", metavar="FILE", default="runs.png", help="PNG file to write (default runs.png)")
+    p.add_argument("--kind", choices=("overview", "loss", "spectral"), default="overview",
+                   help="overview: three panels; loss: like the paper's Fig. 2; spectral: like Fig. 3")
+    p.add_argument("--title", default=None, help="the figure's title")
+    _add_common(p, config=False)
+
+    p = sub.add_parser("config", help="print a resolved configuration as TOML (or every key with --keys)",
+                       epilog=_CONFIG_EXAMPLES, formatter_class=fmt,
+                       description="Print the configuration that train would use, as TOML.")
+    _add_common(p)
+    p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+    return parser
+
+
+def _overrides(args) -> list[str]:
+    out = list(args.sets)
+    for _flag, key, _kind, _help in _FLAGS:
+        value = getattr(args, "flag_" + key.replace(".", "__"))
+        if value is not None:
+            out.append(f"{key}={json.dumps(value) if isinstance(value, str) else repr(value)}")
+    if getattr(args, "no_plots", False):
+        out.append("output.plots=false")
+    return out
+
+
+def _resolve(args, extra: Sequence[str] = ()):
+    from .train.config import load_config
+    return load_config(args.config, [*_overrides(args), *extra])
+
+
+def _progress(args, label: str):
+    from .progress import Progress
+    return Progress("off" if args.quiet else args.progress, label=label)
+
+
+# ---------------------------------------------------------------------- printing
+def _fmt(x, spec=".4g") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, spec)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _at(batch) -> str:
+    return "" if batch is None else f" (batch {batch})"
+
+
+def format_summary(summary: dict) -> str:
+    """The few lines printed at the end of ``tpgraph train``."""
+    best, final = summary["best"], summary.get("final") or {}
+    base = summary.get("baseline_loss")
+    lines = [
+        f"status:             {summary['status']} -- {summary.get('reason') or ''}".rstrip(" -"),
+        f"best validation:    loss {_fmt(best['val_loss'])}{_at(best['val_loss_batch'])}, "
+        f"sequence accuracy {_pct(best['seq_acc'])}{_at(best['seq_acc_batch'])}",
+        f"final validation:   loss {_fmt(final.get('val_loss'))}, sequence accuracy {_pct(final.get('seq_acc'))}, "
+        f"step accuracy {_pct(final.get('step_acc'))} at batch {final.get('batch', '-')}",
+    ]
+    if base is not None:
+        verdict = ""
+        if best["val_loss"] is not None:
+            verdict = (f" -- beaten ({base / best['val_loss']:.3g}x lower)" if best["val_loss"] < base
+                       else " -- not beaten")
+        lines.append(f"memoryless baseline: {base:.4f}{verdict}")
+    ms = summary.get("ms_per_batch")
+    lines.append(f"time:               {_fmt(ms, '.3g')} ms per batch, {summary['elapsed_s']:.1f} s in all")
+    if summary.get("note"):
+        lines.append(f"note:               {summary['note']}")
+    if summary.get("run_dir"):
+        lines.append(f"run folder:         {summary['run_dir']}")
+    return "\n".join(lines)
+
+
+def format_comparison(summaries: dict) -> str:
+    """A side-by-side table of TP and BPTT summaries."""
+    names = list(summaries)
+    rows = [
+        ("best validation loss", lambda s: _fmt(s["best"]["val_loss"])),
+        ("  at batch", lambda s: _fmt(s["best"]["val_loss_batch"], "d")),
+        ("best sequence accuracy", lambda s: _pct(s["best"]["seq_acc"])),
+        ("final validation loss", lambda s: _fmt((s.get("final") or {}).get("val_loss"))),
+        ("final sequence accuracy", lambda s: _pct((s.get("final") or {}).get("seq_acc"))),
+        ("final spectral radius W_h", lambda s: _fmt((s.get("final") or {}).get("spectral_radius_W_h"))),
+        ("ms per batch", lambda s: _fmt(s.get("ms_per_batch"), ".3g")),
+        ("status", lambda s: s["status"]),
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    col = max(12, *(len(n) + 2 for n in names))
+    out = [" " * width + "".join(n.upper().rjust(col) for n in names)]
+    for label, fn in rows:
+        out.append(label.ljust(width) + "".join(fn(summaries[n]).rjust(col) for n in names))
+    base = next((s.get("baseline_loss") for s in summaries.values() if s.get("baseline_loss") is not None), None)
+    if base is not None:
+        out.append("memoryless baseline".ljust(width) + f"{base:.4f}".rjust(col))
+    return "\n".join(out)
+
+
+def _exit_code(summary: dict) -> int:
+    if summary["status"] == "completed":
+        return EXIT_OK
+    if summary["status"] == "aborted" and str(summary.get("reason", "")).startswith("interrupted"):
+        return EXIT_INTERRUPTED
+    return EXIT_STOPPED
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from .train.trainer import Trainer, new_run_dir
+
+    if args.resume:
+        if args.config or _overrides(args):
+            raise _UsageError("--resume continues a run with its recorded configuration; "
+                              "give no CONFIG, --set or named flags with it")
+        trainer = Trainer.resume(args.resume, callbacks=[_progress(args, "")])
+        trainer.callbacks[0].label = trainer.config.method.name
+    else:
+        config = _resolve(args)
+        trainer = Trainer(config, new_run_dir(config), callbacks=[_progress(args, config.method.name)])
+    summary = trainer.run()
+    print(format_summary(summary))
+    if summary["status"] == "aborted" and str(summary.get("reason", "")).startswith("interrupted"):
+        print(f"continue with:      tpgraph train --resume {summary['run_dir']}")
+    return _exit_code(summary)
+
+
+def cmd_compare(args) -> int:
+    from .plots import plot_loss, plot_overview, plot_spectral_radius
+    from .train.checkpoint import checkpoint_info
+    from .train.config import apply_overrides, load_config
+    from .train.records import atomic_write_json, read_summary
+    from .train.trainer import Trainer, new_run_dir
+
+    if args.resume:
+        if args.config or _overrides(args) or args.bptt_sets:
+            raise _UsageError("--resume continues a comparison with its recorded configurations; "
+                              "give no CONFIG or overrides with it")
+        root = Path(args.resume)
+        if not (root / "tp" / "config.toml").is_file() or not (root / "bptt" / "config.toml").is_file():
+            raise _UsageError(f"{str(root)!r} is not a comparison folder (no tp/ and bptt/ configurations)")
+        configs = {m: load_config(root / m / "config.toml") for m in ("tp", "bptt")}
+    else:
+        base = _resolve(args)
+        configs = {"tp": base.with_method("tp"),
+                   "bptt": apply_overrides(base.with_method("bptt"), args.bptt_sets)}
+        if configs["bptt"].method.name != "bptt":
+            raise _UsageError("--bptt-set cannot change method.name")
+        root = new_run_dir(base, label="compare")
+        for m, cfg in configs.items():  # both configurations are on disk before any training
+            _write_config(cfg, root / m)
+    summaries = {}
+    for method, cfg in configs.items():
+        folder = root / method
+        progress = _progress(args, method)
+        status = None
+        if (folder / "summary.json").exists():
+            status = read_summary(folder).get("status")
+        if status in ("completed", "diverged") or (status == "aborted" and not _resumable(folder, checkpoint_info)):
+            summaries[method] = read_summary(folder)
+            continue
+        if _resumable(folder, checkpoint_info):
+            trainer = Trainer.resume(folder, callbacks=[progress])
+        else:
+            trainer = Trainer(cfg, folder, callbacks=[progress])
+        summaries[method] = trainer.run()
+        if _exit_code(summaries[method]) == EXIT_INTERRUPTED:
+            print(format_summary(summaries[method]))
+            print(f"continue with:      tpgraph compare --resume {root}")
+            return EXIT_INTERRUPTED
+    runs = [root / m for m in configs]
+    plots = []
+    if all(c.output.plots for c in configs.values()):
+        plots = [plot_overview(runs, root / "overview.png"), plot_loss(runs, root / "loss.png"),
+                 plot_spectral_radius(runs, root / "spectral_radius.png")]
+    atomic_write_json(root / "comparison.json", {"runs": {m: str(root / m) for m in configs},
+                                                 "summaries": summaries, "plots": [p.name for p in plots]})
+    print(format_comparison(summaries))
+    print(f"comparison folder: {root}")
+    return max(_exit_code(s) for s in summaries.values())
+
+
+def _write_config(config, folder: Path) -> None:
+    from .train.config import to_toml
+    from .train.records import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "config.toml", to_toml(config, header="The resolved configuration of this run."))
+
+
+def _resumable(folder: Path, checkpoint_info) -> bool:
+    try:
+        return bool(checkpoint_info(folder / "checkpoint")["state"].get("resumable"))
+    except TPGraphError:
+        return False
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_loss, plot_overview, plot_spectral_radius
+
+    draw = {"overview": plot_overview, "loss": plot_loss, "spectral": plot_spectral_radius}[args.kind]
+    path = draw(args.runs, args.output, title=args.title)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    from .train.config import describe_keys, to_toml
+
+    if args.keys:
+        print(describe_keys())
+        return EXIT_OK
+    print(to_toml(_resolve(args)), end="")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "plot": cmd_plot, "config": cmd_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tpgraph`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command in ("train", "compare"):
+            _setup_threads(args)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("tpgraph: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TPGraphError as exc:
+        if debug:
+            raise
+        print(f"tpgraph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"tpgraph: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A small progress display for training runs (no third-party dependency).
+
+:class:`Progress` is a :class:`tpgraph.train.Callback` with three modes:
+
+``"bar"``    one line on a terminal, redrawn in place at most ten times a second::
+
+                 tp  [########............]  8200/25000  loss 0.0312  val 0.0291  seq 0.87  1210 b/s  ETA 0:14
+
+``"lines"``  one plain line per validation point (for logs, pipes and CI);
+``"off"``    nothing.
+
+``mode="auto"`` picks ``"bar"`` when the stream is a terminal and ``"lines"``
+otherwise; ``--quiet`` on the command line means ``"off"``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from typing import TextIO
+
+from .train.trainer import Callback
+
+__all__ = ["Progress", "format_duration"]
+
+MODES = ("auto", "bar", "lines", "off")
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``"1:15"``; ``3725`` -> ``"1:02:05"``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _num(x: float | None, fmt: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, fmt)
+
+
+class Progress(Callback):
+    """Progress of one training run on ``stream`` (standard error by default).
+
+    Parameters
+    ----------
+    mode : {"auto", "bar", "lines", "off"}
+    label : str
+        Shown first on every line (e.g. the method, ``"tp"``).
+    stream : text stream
+    min_interval : float
+        Seconds between two redraws of the bar.
+    """
+
+    def __init__(self, mode: str = "auto", label: str = "", stream: TextIO | None = None,
+                 min_interval: float = 0.1):
+        if mode not in MODES:
+            raise ValueError(f"progress mode must be one of {MODES}, got {mode!r}")
+        self.stream = stream if stream is not None else sys.stderr
+        if mode == "auto":
+            isatty = getattr(self.stream, "isatty", None)
+            mode = "bar" if isatty is not None and isatty() else "lines"
+        self.mode = mode
+        self.label = label
+        self.min_interval = min_interval
+        self.total = 0
+        self.loss = math.nan
+        self.val_loss: float | None = None
+        self.seq_acc: float | None = None
+        self._next_draw = 0.0
+        self._t0 = time.monotonic()
+        self._b0 = 0
+        self._drawn = False
+
+    # ------------------------------------------------------------------ hooks
+    def on_start(self, trainer) -> None:
+        self.total = trainer.config.protocol.n_batches
+        self._t0 = time.monotonic()
+        self._b0 = trainer.state.batch
+        if trainer.state.rows:
+            self.val_loss = trainer.state.rows[-1]["val_loss"]
+            self.seq_acc = trainer.state.rows[-1]["seq_acc"]
+        if self.mode == "lines":
+            where = f" in {trainer.files.root}" if trainer.files is not None else ""
+            start = f"from batch {trainer.state.batch} " if trainer.state.batch else ""
+            self._print(f"{self._prefix()}training {start}{trainer.config.summary_line()}{where}")
+
+    def on_batch(self, trainer, batch: int, loss: float) -> None:
+        self.loss = loss
+        if self.mode != "bar":
+            return
+        now = time.monotonic()
+        if now >= self._next_draw:
+            self._next_draw = now + self.min_interval
+            self._draw(batch)
+
+    def on_validation(self, trainer, row: dict) -> None:
+        self.val_loss, self.seq_acc = row["val_loss"], row["seq_acc"]
+        if self.mode == "lines":
+            batch = int(row["batch"])
+            self._print(f"{self._prefix()}batch {batch:>{len(str(self.total))}}/{self.total}  "
+                        f"train {_num(row['train_loss'])}  val {_num(row['val_loss'])}  "
+                        f"step_acc {_num(row['step_acc'], '.3f')}  seq_acc {_num(row['seq_acc'], '.3f')}  "
+                        f"rho(W_h) {_num(row['spectral_radius_W_h'], '.3g')}  "
+                        f"{self._rate(batch)}  {format_duration(row['elapsed_s'])}")
+        elif self.mode == "bar":
+            self._draw(int(row["batch"]))
+
+    def on_end(self, trainer, summary: dict) -> None:
+        if self.mode == "bar" and self._drawn:
+            self._draw(trainer.state.batch)
+            self.stream.write("\n")
+            self.stream.flush()
+        if self.mode != "off" and summary["status"] != "completed":
+            self._print(f"{self._prefix()}{summary['status']}: {summary['reason']}")
+
+    # ------------------------------------------------------------------ drawing
+    def _prefix(self) -> str:
+        return f"[{self.label}] " if self.label else ""
+
+    def _rate(self, batch: int) -> str:
+        dt = time.monotonic() - self._t0
+        done = batch - self._b0
+        return f"{done / dt:.0f} b/s" if dt > 0 and done > 0 else "- b/s"
+
+    def _draw(self, batch: int) -> None:
+        dt = time.monotonic() - self._t0
+        done = batch - self._b0
+        rate = done / dt if dt > 0 else 0.0
+        eta = (self.total - batch) / rate if rate > 0 else math.nan
+        frac = batch / self.total if self.total else 0.0
+        text = (f"{self.label + ' ' if self.label else ''}{batch:>{len(str(self.total))}}/{self.total}  "
+                f"loss {_num(self.loss)}  val {_num(self.val_loss)}  seq {_num(self.seq_acc, '.2f')}  "
+                f"{rate:.0f} b/s  ETA {format_duration(eta)}")
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        bar_width = max(0, min(30, width - len(text) - 4))
+        if bar_width >= 5:
+            filled = int(round(frac * bar_width))
+            bar = "#" * filled + "." * (bar_width - filled)
+            parts = text.split("  ", 1)
+            text = f"{parts[0]}  [{bar}]  {parts[1]}" if len(parts) == 2 else text
+        self.stream.write("\r" + text[:width].ljust(width))
+        self.stream.flush()
+        self._drawn = True
+
+    def _print(self, line: str) -> None:
+        if self.mode == "bar" and self._drawn:
+            self.stream.write("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r")
+        self.stream.write(line + "\n")
+        self.stream.flush()

@@ -1,0 +1,458 @@
+"""Run configuration: a tree of dataclasses with the paper's protocol as defaults.
+
+A configuration has six sections, each a dataclass:
+
+``[task]``       which task and its options (copy memory, delay 5);
+``[model]``      the SRN's size and number type;
+``[method]``     target propagation or BPTT, credit rule, merge, ``alpha``;
+``[optimizer]``  the optimiser and the learning rates ``lr_f``, ``lr_g``, ``lr_y``;
+``[protocol]``   batches, validation, warm-up, seeds, abort rules;
+``[output]``     where the run folder goes and how often to checkpoint.
+
+Configurations come from TOML files (read with the standard library's
+:mod:`tomllib`), with command-line overrides applied on top
+(``--set protocol.n_batches=2000``). Every key has a default; an unknown key,
+a wrong type or a value out of range raises
+:class:`~tpgraph.errors.ConfigError` naming the key path (``protocol.batch_size``)
+and what is allowed. :func:`to_toml` writes a resolved configuration back out,
+and ``Config.from_dict(tomllib.loads(to_toml(c))) == c``.
+
+Examples
+--------
+>>> cfg = Config.from_dict({"task": {"delay": 10}, "method": {"name": "bptt"}})
+>>> cfg.task.delay, cfg.method.name, cfg.protocol.batch_size
+(10, 'bptt', 20)
+>>> cfg2 = apply_overrides(cfg, ["protocol.n_batches=2000"])
+>>> cfg2.protocol.n_batches
+2000
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Config", "TaskConfig", "ModelConfig", "MethodConfig", "OptimizerConfig", "ProtocolConfig",
+    "OutputConfig", "SECTIONS", "load_config", "apply_overrides", "to_toml", "describe_keys",
+]
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _opt(kind: type, default: Any, help: str, *, choices: Iterable[str] | None = None,
+         minimum: float | None = None, above: float | None = None, below: float | None = None,
+         nullable: bool = False):
+    """A config field: its value type, default, one-line help and allowed range."""
+    meta = {"kind": kind, "help": help, "choices": tuple(choices) if choices else None, "minimum": minimum,
+            "above": above, "below": below, "nullable": nullable}
+    return field(default=default, metadata=meta)
+
+
+def _allowed(meta: Mapping) -> str:
+    """Words describing the allowed values of a field."""
+    if meta["choices"]:
+        text = "one of " + ", ".join(repr(c) for c in meta["choices"])
+    else:
+        text = _KIND_NAMES[meta["kind"]]
+        bounds = []
+        if meta["minimum"] is not None:
+            bounds.append(f">= {meta['minimum']:g}")
+        if meta["above"] is not None:
+            bounds.append(f"> {meta['above']:g}")
+        if meta["below"] is not None:
+            bounds.append(f"< {meta['below']:g}")
+        if bounds:
+            text += " " + " and ".join(bounds)
+    if meta["nullable"]:
+        text += ', or "none"'
+    return text
+
+
+def _check_value(path: str, meta: Mapping, value: Any) -> Any:
+    """Validate one value against its field's metadata; return it normalised (ints to floats, ...)."""
+    kind = meta["kind"]
+    if meta["nullable"] and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = math.isfinite(value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{path} must be {_allowed(meta)}, got {value!r} ({type(value).__name__})")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{path} must be {_allowed(meta)}, got {value!r}")
+    if kind in (int, float):
+        if ((meta["minimum"] is not None and value < meta["minimum"])
+                or (meta["above"] is not None and value <= meta["above"])
+                or (meta["below"] is not None and value >= meta["below"])):
+            raise ConfigError(f"{path} must be {_allowed(meta)}, got {value!r}")
+    return value
+
+
+def _task_names() -> tuple[str, ...]:
+    from ..tasks import TASKS
+    return tuple(sorted(TASKS))
+
+
+def _optimizer_names() -> tuple[str, ...]:
+    from ..optim import OPTIMIZERS
+    return tuple(OPTIMIZERS)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """``[task]``: the task and its options (NOTES.md gives the exact definitions)."""
+
+    name: str = _opt(str, "copy_memory", "task: copy_memory or sequence_expansion", choices=_task_names())
+    delay: int = _opt(int, 5, "copy memory: the delay T (sequences have length T + 20)", minimum=1)
+    n_memorise: int = _opt(int, 10, "copy memory: number of symbols to memorise", minimum=1)
+    n_symbols: int | None = _opt(int, None, "number of distinct symbols (none: the task's default, "
+                                 "8 for copy memory, 4 for sequence expansion)", minimum=1, nullable=True)
+    length: int | None = _opt(int, None, "sequence expansion: the sequence length T (required there)",
+                              minimum=2, nullable=True)
+
+    #: Which keys apply to which task (the others are left out of the written config).
+    TASK_KEYS = {"copy_memory": ("delay", "n_memorise", "n_symbols"),
+                 "sequence_expansion": ("length", "n_symbols")}
+
+    def task_options(self) -> dict:
+        """The keyword options of :func:`tpgraph.tasks.make_task` for this task."""
+        opts = {k: getattr(self, k) for k in self.TASK_KEYS.get(self.name, ())}
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def relevant_keys(self) -> tuple[str, ...]:
+        return ("name",) + self.TASK_KEYS.get(self.name, ())
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: the simple recurrent network."""
+
+    n_hidden: int = _opt(int, 128, "hidden units of the SRN", minimum=1)
+    dtype: str = _opt(str, "float32", "number type of parameters and activations", choices=("float32", "float64"))
+    many_to_many: bool = _opt(bool, True, "an output (and a loss) at every step; false: only at the last step")
+    fast_tanh: bool = _opt(bool, True, "use the fast rational tanh for float32 (exact tanh otherwise)")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """``[method]``: how credit is assigned."""
+
+    name: str = _opt(str, "tp", "tp (target propagation) or bptt (backpropagation through time)",
+                     choices=("tp", "bptt"))
+    credit: str = _opt(str, "dtp", "TP's rule back in time: dtp (difference TP, Eq. 19) or tp (Eq. 11)",
+                       choices=("dtp", "tp"))
+    merge: str = _opt(str, "linear", "how targets meeting at a node are merged (linear: Eq. 22; mean; "
+                      "or a name registered with tpgraph.register_merge)")
+    alpha: float = _opt(float, 1.0, "step size of the loss targets h - alpha dCE/dh (TP only; BPTT uses 1)",
+                        above=0.0)
+    noise_sigma: float = _opt(float, 0.0, "std of the Gaussian noise on h_{t-1} when training the inverse",
+                              minimum=0.0)
+    reduction: str = _opt(str, "mean", "the cross-entropy over the batch: mean (the authors' convention: "
+                          "per-sample step alpha / batch_size) or sum (per-sample step alpha)",
+                          choices=("mean", "sum"))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``[optimizer]``: one optimiser for every parameter group, three learning rates."""
+
+    name: str = _opt(str, "adam", "adam, sgd, momentum or nesterov", choices=_optimizer_names())
+    lr_f: float = _opt(float, 1e-4, "learning rate of the forward weights W_xh, W_h, b_h", above=0.0)
+    lr_g: float = _opt(float, 1e-3, "learning rate of the inverse V_h, c_h (TP only)", above=0.0)
+    lr_y: float = _opt(float, 3e-3, "learning rate of the output layer W_hy, b_y", above=0.0)
+    beta1: float = _opt(float, 0.9, "Adam: decay of the first moment", minimum=0.0, below=1.0)
+    beta2: float = _opt(float, 0.999, "Adam: decay of the second moment", minimum=0.0, below=1.0)
+    eps: float = _opt(float, 1e-8, "Adam: denominator offset", above=0.0)
+    momentum: float = _opt(float, 0.9, "momentum and nesterov: the momentum", minimum=0.0, below=1.0)
+
+    def options(self) -> dict:
+        """The rule-specific options for :func:`tpgraph.optim.make_optimizer`."""
+        if self.name == "adam":
+            return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        if self.name in ("momentum", "nesterov"):
+            return {"momentum": self.momentum}
+        return {}
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """``[protocol]``: the paper's training protocol."""
+
+    batch_size: int = _opt(int, 20, "sequences per training batch (made on the fly)", minimum=1)
+    n_batches: int = _opt(int, 25000, "training batches in all (the warm-up included)", minimum=1)
+    val_batches: int = _opt(int, 500, "batches in the fixed validation set (of batch_size sequences)", minimum=1)
+    val_every: int = _opt(int, 250, "validate every this many batches (and at the start and the end)",
+                          minimum=1)
+    warmup: int = _opt(int, 1000, "TP: the first batches train only the inverse (ignored by BPTT)", minimum=0)
+    seed: int = _opt(int, 0, "seed of the initialisation, the training batches and the noise", minimum=0)
+    val_seed: int = _opt(int, 12345, "seed of the validation set (made once)", minimum=0)
+    max_spectral_radius: float | None = _opt(
+        float, None, "abort when the spectral radius of W_h or V_h passes this (TPTT used 20); none: never",
+        above=0.0, nullable=True)
+    early_stop_patience: int | None = _opt(
+        int, None, "stop after this many validation points without a better validation loss; none: never",
+        minimum=1, nullable=True)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``[output]``: the run folder and checkpoints."""
+
+    runs_dir: str = _opt(str, "runs", "folder that receives one sub-folder per run")
+    name: str | None = _opt(str, None, "the run folder's name (none: task-method-date-time)", nullable=True)
+    checkpoint_every: int = _opt(int, 1000, "save a checkpoint every this many batches (0: only at the end)",
+                                 minimum=0)
+    plots: bool = _opt(bool, True, "draw the loss and spectral-radius plots at the end")
+
+
+#: The sections of a configuration, in the order they are written.
+SECTIONS: dict[str, type] = {
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "optimizer": OptimizerConfig,
+    "protocol": ProtocolConfig,
+    "output": OutputConfig,
+}
+
+
+def _fields(cls) -> dict:
+    return {f.name: f for f in fields(cls)}
+
+
+def _unknown(path: str, name: str, allowed: Iterable[str], what: str) -> ConfigError:
+    allowed = list(allowed)
+    hint = difflib.get_close_matches(name, allowed, n=1)
+    prefix = path[: len(path) - len(name)]
+    hint_text = f" (did you mean {prefix + hint[0]!r}?)" if hint else ""
+    return ConfigError(f"unknown {what} {path!r}{hint_text}; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run configuration (see the module docstring)."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Config":
+        """Validate a nested mapping (as read from TOML) into a :class:`Config`.
+
+        Raises
+        ------
+        ConfigError
+            Naming the section or key path and the allowed values.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a configuration must be a table of sections, got {type(data).__name__}")
+        sections = {}
+        for name, value in data.items():
+            if name not in SECTIONS:
+                raise _unknown(name, name, SECTIONS, "section")
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"[{name}] must be a table of keys (e.g. [{name}] then key = value lines), "
+                                  f"got {value!r}")
+        for name, section_cls in SECTIONS.items():
+            given = data.get(name, {})
+            known = _fields(section_cls)
+            values = {}
+            for key, value in given.items():
+                path = f"{name}.{key}"
+                if key not in known:
+                    raise _unknown(path, key, known, "key")
+                values[key] = _check_value(path, known[key].metadata, value)
+            sections[name] = section_cls(**values)
+        cfg = cls(**sections)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Cross-key checks: the task's options, the merge name, the warm-up."""
+        from ..merges import known_merges
+        from ..tasks import make_task
+
+        t = self.task
+        if t.name == "copy_memory" and t.length is not None:
+            raise ConfigError("task.length is an option of sequence_expansion; copy_memory takes task.delay")
+        if t.name == "sequence_expansion" and t.length is None:
+            raise ConfigError("task.length is required for sequence_expansion (an integer >= 2)")
+        try:
+            make_task(t.name, **t.task_options())
+        except ConfigError as exc:
+            raise ConfigError(f"[task]: {exc}") from None
+        if self.method.merge not in known_merges():
+            raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
+                              f"got {self.method.merge!r}")
+        p = self.protocol
+        if self.method.name == "tp" and p.warmup >= p.n_batches:
+            raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
+                              f"({p.n_batches}): TP would never train its forward weights")
+
+    def to_dict(self) -> dict:
+        """Nested plain dict; ``None`` values (no TOML equivalent) and keys of other tasks left out."""
+        out = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            keys = section.relevant_keys() if isinstance(section, TaskConfig) else [f.name for f in fields(section)]
+            out[name] = {k: getattr(section, k) for k in keys if getattr(section, k) is not None}
+        return out
+
+    def with_method(self, name: str) -> "Config":
+        """A copy with another ``method.name`` (TP and BPTT from the same everything else)."""
+        return replace(self, method=replace(self.method, name=name))
+
+    def summary_line(self) -> str:
+        t = self.task
+        task = ", ".join(f"{k}={v}" for k, v in t.task_options().items())
+        return (f"{t.name}({task}) method={self.method.name} hidden={self.model.n_hidden} "
+                f"batches={self.protocol.n_batches} seed={self.protocol.seed}")
+
+
+# ---------------------------------------------------------------------- files and overrides
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read a TOML file (or start from the defaults) and apply ``KEY=VALUE`` overrides.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or not valid TOML, or any key or value is invalid.
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(p)!r} cannot be read: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    data = _apply_to_dict(data, overrides)
+    return Config.from_dict(data)
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
+    """A new config with ``section.key=value`` assignments applied on top of ``config``."""
+    return Config.from_dict(_apply_to_dict(config.to_dict(), overrides))
+
+
+def _parse_value(path: str, meta: Mapping, raw: str) -> Any:
+    """Turn an override's text into a value: TOML syntax, or the bare text for strings."""
+    text = raw.strip()
+    if meta["kind"] is str and not (len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'"):
+        return text
+    if meta["nullable"] and text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if meta["kind"] is bool and text.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return text.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{path} must be {_allowed(meta)}, got {raw!r}") from None
+
+
+def _apply_to_dict(data: Mapping, overrides: Iterable[str]) -> dict:
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"an override must look like section.key=value (e.g. protocol.n_batches=2000), "
+                              f"got {item!r}")
+        path, raw = item.split("=", 1)
+        path = path.strip()
+        if path.count(".") != 1:
+            raise ConfigError(f"an override's key must be section.key (e.g. protocol.n_batches), got {path!r}")
+        section, key = path.split(".")
+        if section not in SECTIONS:
+            raise _unknown(section, section, SECTIONS, "section")
+        known = _fields(SECTIONS[section])
+        if key not in known:
+            raise _unknown(path, key, known, "key")
+        value = _parse_value(path, known[key].metadata, raw)
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {target!r}")
+        target[key] = value  # None only for nullable keys; checked with the rest by Config.from_dict
+    return out
+
+
+# ---------------------------------------------------------------------- writing TOML
+def _toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)  # shortest text that reads back to the same float
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, str):
+        return _toml_string(value)
+    raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
+
+
+def to_toml(config: Config, header: str | None = None) -> str:
+    """The configuration as TOML text (one table per section, keys in their declared order)."""
+    lines = []
+    if header:
+        lines += [f"# {line}" if line else "#" for line in header.splitlines()]
+        lines.append("")
+    for name, values in config.to_dict().items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe_keys() -> str:
+    """Every key with its default and help, for ``--help`` texts and docs."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in fields(cls):
+            default = "none" if f.default is None else _toml_value(f.default) if f.default is not MISSING else "?"
+            lines.append(f"  {f.name} = {default}  -- {f.metadata['help']}")
+    return "\n".join(lines)

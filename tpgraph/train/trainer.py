@@ -1,0 +1,632 @@
+"""The trainer: the paper's protocol around :class:`tpgraph.SRN`.
+
+Protocol
+    Training batches are drawn on the fly from one seeded generator (the
+    *data stream*); a fixed validation set is made once from its own seed.
+    TP's first ``protocol.warmup`` batches train only the inverse (counted in
+    ``n_batches``; BPTT has no warm-up). Every ``val_every`` batches, at batch
+    0 and at the end, a *validation point* records one row of
+    :data:`~tpgraph.train.records.METRIC_COLUMNS` and updates the best values
+    (lowest validation loss, highest whole-sequence accuracy). TP and BPTT
+    built from the same config differ only in ``method.name``: same
+    initialisation, same batches in the same order.
+
+State
+    Everything that decides the rest of a run is in :class:`TrainState` (the
+    loop's bookkeeping, the metrics rows) plus the model's parameters, the
+    optimisers' buffers, the engine's step count and noise generator, the data
+    generator and the best weights. :meth:`Trainer.checkpoint_payload` turns it
+    into arrays and JSON-able scalars and :meth:`Trainer.resume` restores it,
+    so that a run killed and resumed ends with the same weights and metrics,
+    bit for bit, as one never interrupted (only ``elapsed_s`` differs).
+
+Stopping
+    ``completed``: all batches done, or early stopping (the reason says so).
+    ``diverged``: a non-finite loss, weight or validation loss
+    (:class:`~tpgraph.errors.DivergenceError`, naming the batch and the
+    quantity); no checkpoint is written after it, so the last good one stays.
+    ``aborted``: the spectral radius passed ``max_spectral_radius``, or the
+    user interrupted (Ctrl-C, SIGTERM: the trainer finishes the current batch,
+    saves a checkpoint and stops; such a run can be resumed).
+
+Per batch the loop does the step, two additions and two integer tests; the
+callbacks' ``on_batch`` is called with the batch number and loss (the
+progress bar redraws at most ten times a second). Everything else happens at
+validation points and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, DivergenceError, TPGraphError
+from ..models.srn import SRN
+from ..tasks import Task, make_task
+from . import checkpoint as ckpt
+from .config import Config, load_config, to_toml
+from .records import (METRIC_COLUMNS, RunFiles, atomic_write_json, atomic_write_text, read_summary,
+                      save_weights, write_metrics_csv)
+
+__all__ = ["Trainer", "TrainState", "Callback", "build_task", "build_model", "new_run_dir"]
+
+_DATA_STREAM = 0x7D47A  # spawn key that separates the data stream from the initialisation's seed
+
+
+class Callback:
+    """Hooks called by :meth:`Trainer.run`; override any of them."""
+
+    def on_start(self, trainer: "Trainer") -> None:
+        """Before the first batch of this session."""
+
+    def on_batch(self, trainer: "Trainer", batch: int, loss: float) -> None:
+        """After every training batch (keep it cheap)."""
+
+    def on_validation(self, trainer: "Trainer", row: dict) -> None:
+        """After every validation point, with its metrics row."""
+
+    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+        """After a checkpoint was saved."""
+
+    def on_end(self, trainer: "Trainer", summary: dict) -> None:
+        """When the run stops, for any reason, with its summary."""
+
+
+@dataclass
+class TrainState:
+    """The loop's bookkeeping; with the model's state it decides the rest of the run."""
+
+    batch: int = 0                      # training batches done
+    loss_sum: float = 0.0               # sum of training losses since the last validation point
+    loss_count: int = 0
+    best_val_loss: float | None = None
+    best_val_loss_batch: int | None = None
+    best_seq_acc: float | None = None
+    best_seq_acc_batch: int | None = None
+    best_step_acc: float | None = None
+    since_best: int = 0                 # validation points since the best validation loss improved
+    elapsed_s: float = 0.0              # wall-clock seconds of the sessions before this one
+    eval_s: float = 0.0                 # seconds in validation, checkpoints and records
+    sessions: int = 1
+    checkpoint_batch: int | None = None
+    status: str = "running"
+    reason: str | None = None
+    rows: list = field(default_factory=list)
+
+    def scalars(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rows"}
+
+
+# ---------------------------------------------------------------------- building blocks
+def build_task(config: Config) -> Task:
+    """The task of a config."""
+    return make_task(config.task.name, **config.task.task_options())
+
+
+def build_model(config: Config, task: Task) -> SRN:
+    """The SRN of a config for ``task`` (TP or BPTT, the same initialisation for both)."""
+    m, me, o, p = config.model, config.method, config.optimizer, config.protocol
+    return SRN(task.n_in, m.n_hidden, task.n_out, method=me.name, many_to_many=m.many_to_many, dtype=m.dtype,
+               seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
+               noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
+               fast_tanh=m.fast_tanh, optimizer_options=o.options())
+
+
+def data_stream(seed: int) -> np.random.Generator:
+    """The generator of the training batches for ``protocol.seed``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_DATA_STREAM,)))
+
+
+def new_run_dir(config: Config, label: str | None = None) -> Path:
+    """Create a fresh run folder under ``output.runs_dir``.
+
+    Without ``output.name`` the folder is named ``TASK-METHOD-YYYYmmdd-HHMMSS``
+    (``label`` in place of the method, e.g. ``compare``)
+    (``-2``, ``-3``, ... appended if taken). A named folder that already holds
+    files is refused: resume it (``--resume``) or choose another name.
+    """
+    root = Path(config.output.runs_dir)
+    name = config.output.name
+    if name is not None:
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ConfigError(f"output.name must be a plain folder name, got {name!r}")
+        path = root / name
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; choose another "
+                              f"output.name (--name) or continue it with: tpgraph train --resume {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{config.task.name}-{label or config.method.name}-{stamp}"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"cannot find a free run folder name under {str(root)!r}")
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+# ---------------------------------------------------------------------- the trainer
+class Trainer:
+    """Trains one SRN on one task with the paper's protocol, writing a run folder.
+
+    Parameters
+    ----------
+    config : Config
+        The resolved configuration.
+    run_dir : path, optional
+        The run folder (see :mod:`tpgraph.train.records`); ``None`` writes
+        nothing (no records, no checkpoints): for scripts and tests.
+    callbacks : iterable of Callback
+        Progress bars, loggers, ...
+
+    Examples
+    --------
+    >>> from tpgraph.train import Config, Trainer, apply_overrides
+    >>> cfg = apply_overrides(Config(), ["protocol.n_batches=20", "protocol.warmup=5",
+    ...                                  "protocol.val_batches=2", "protocol.val_every=10",
+    ...                                  "model.n_hidden=8", "task.delay=2"])
+    >>> summary = Trainer(cfg).run()
+    >>> summary["status"], summary["batches_done"]
+    ('completed', 20)
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, *, callbacks: Iterable[Callback] = ()):
+        self.config = config
+        self.task = build_task(config)
+        self.model = build_model(config, self.task)
+        self.engine = self.model.engine(self.task.length)
+        self.data_rng = data_stream(config.protocol.seed)
+        p = config.protocol
+        self.val_inputs, self.val_labels = self.task.validation_set(p.val_seed, p.val_batches, p.batch_size)
+        self.state = TrainState()
+        self.best_params: dict[str, np.ndarray] | None = None
+        self.files = RunFiles(run_dir) if run_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.warmup = p.warmup if config.method.name == "tp" else 0
+        # the model reports losses summed over the batch under reduction "sum"; records are per sample
+        self._loss_scale = 1.0 / p.batch_size if config.method.reduction == "sum" else 1.0
+        self._stop_reason: str | None = None
+        self._session_start = time.perf_counter()
+        self._divergence: DivergenceError | None = None
+        if self.files is not None:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+            if not self.files.config.exists():
+                atomic_write_text(self.files.config, to_toml(config, header=(
+                    "The resolved configuration of this run (every key, defaults included).\n"
+                    "Rerun it with: tpgraph train " + str(self.files.config))))
+
+    def __repr__(self):
+        return (f"Trainer({self.config.summary_line()}, batch={self.state.batch}, status={self.state.status!r}, "
+                f"run_dir={str(self.files.root) if self.files else None!r})")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def baseline(self) -> float | None:
+        """The memoryless baseline loss of the task (None if it has none)."""
+        return self.task.baseline_loss
+
+    @property
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the run so far (all sessions)."""
+        return self.state.elapsed_s + (time.perf_counter() - self._session_start)
+
+    def _hooks(self, name: str) -> list:
+        """The bound ``name`` methods of the callbacks that define it (other than the no-op default)."""
+        out = []
+        for cb in self.callbacks:
+            fn = getattr(type(cb), name, None)
+            if fn is not None and fn is not getattr(Callback, name):
+                out.append(getattr(cb, name))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current batch (thread- and signal-safe)."""
+        self._stop_reason = reason
+
+    def run(self) -> dict:
+        """Train until the budget is spent or a stop rule fires; returns the summary.
+
+        The run folder is complete when this returns (also after divergence,
+        an abort or an interrupt). Interrupts (SIGINT, SIGTERM) are handled
+        only when called from the main thread.
+        """
+        s = self.state
+        if s.status != "running":
+            raise TPGraphError(f"this run has already stopped (status {s.status!r}); nothing to run")
+        self._session_start = time.perf_counter()
+        handlers = self._install_signal_handlers()
+        for fn in self._hooks("on_start"):
+            fn(self)
+        try:
+            if not s.rows:
+                self._validation_point()
+            if self._stop_reason is None and s.status == "running":
+                self._loop()
+            if s.status == "running":
+                if self._stop_reason is not None:
+                    self._set_status("aborted", self._stop_reason)
+                    self._save_checkpoint(resumable=True)
+                else:
+                    if s.reason is None:
+                        s.reason = f"trained all {self.config.protocol.n_batches} batches"
+                    self._set_status("completed", s.reason)
+                    self._save_checkpoint(resumable=False)
+            elif s.status != "diverged":
+                self._save_checkpoint(resumable=False)
+        except DivergenceError as exc:
+            self._divergence = exc
+            self._set_status("diverged", str(exc))
+        finally:
+            self._restore_signal_handlers(handlers)
+        summary = self.finish()
+        for fn in self._hooks("on_end"):
+            fn(self, summary)
+        return summary
+
+    def _loop(self) -> None:
+        p = self.config.protocol
+        s = self.state
+        step = self.model.train_step
+        draw = self.task.batch
+        rng = self.data_rng
+        B, n, warmup, val_every = p.batch_size, p.n_batches, self.warmup, p.val_every
+        every = self.config.output.checkpoint_every if self.files is not None else 0
+        on_batch = self._hooks("on_batch")
+        scale = self._loss_scale
+        while s.batch < n and self._stop_reason is None:
+            x, y = draw(rng, B)
+            try:
+                loss = step(x, y, update_forward=s.batch >= warmup) * scale
+            except DivergenceError as exc:
+                what = re.sub(r"^step \d+: ", "", str(exc))
+                raise DivergenceError(f"diverged at batch {s.batch + 1}: {what}", step=s.batch + 1,
+                                      quantity=exc.quantity) from exc
+            s.batch += 1
+            s.loss_sum += loss
+            s.loss_count += 1
+            for fn in on_batch:
+                fn(self, s.batch, loss)
+            if s.batch % val_every == 0 or s.batch == n:
+                self._validation_point()
+                if s.status != "running":
+                    return
+            if every and s.batch % every == 0 and s.batch < n:
+                self._save_checkpoint(resumable=True)
+
+    # ------------------------------------------------------------------ validation points
+    def _local_loss(self) -> float:
+        """Mean over the hidden steps of ``1/2 ||h_hat_t - h_t||^2`` per sample at the last batch."""
+        if self.config.method.name != "tp" or self.state.batch <= self.warmup:
+            return math.nan
+        local = self.engine.local_losses()
+        B = self.config.protocol.batch_size
+        return _mean(v / B for k, v in local.items() if k.startswith("h_"))
+
+    def _validation_point(self) -> dict:
+        t0 = time.perf_counter()
+        s = self.state
+        tp = self.config.method.name == "tp"
+        # read the last training batch's inverse and local losses before evaluate() reuses the buffers
+        recon = self.model.reconstruction_loss() if tp and s.batch > 0 else math.nan
+        local = self._local_loss()
+        ev = self.model.evaluate(self.val_inputs, self.val_labels)
+        train_loss = s.loss_sum / s.loss_count if s.loss_count else math.nan
+        row = {
+            "batch": s.batch,
+            "train_loss": train_loss,
+            "val_loss": float(ev["loss"]) * self._loss_scale,
+            "step_acc": float(ev["step_acc"]),
+            "seq_acc": float(ev["seq_acc"]),
+            "spectral_radius_W_h": self.model.spectral_radius("W_h"),
+            "spectral_radius_V_h": self.model.spectral_radius("V_h"),
+            "reconstruction_loss": recon,
+            "local_loss": local,
+            "elapsed_s": self.elapsed,
+        }
+        s.rows.append(row)
+        s.loss_sum, s.loss_count = 0.0, 0
+        if not math.isfinite(row["val_loss"]):
+            raise DivergenceError(f"diverged at batch {s.batch}: the validation loss is not finite "
+                                  f"({row['val_loss']})", step=s.batch, quantity="validation loss")
+        if s.best_val_loss is None or row["val_loss"] < s.best_val_loss:
+            s.best_val_loss, s.best_val_loss_batch, s.since_best = row["val_loss"], s.batch, 0
+            self.best_params = self.model.params.to_dict()
+        else:
+            s.since_best += 1
+        if s.best_seq_acc is None or row["seq_acc"] > s.best_seq_acc:
+            s.best_seq_acc, s.best_seq_acc_batch = row["seq_acc"], s.batch
+        if s.best_step_acc is None or row["step_acc"] > s.best_step_acc:
+            s.best_step_acc = row["step_acc"]
+        bound = self.config.protocol.max_spectral_radius
+        if bound is not None:
+            for name in ("W_h", "V_h"):
+                rho = row[f"spectral_radius_{name}"]
+                if not rho <= bound:
+                    self._set_status("aborted", f"the spectral radius of {name} is {rho:.4g} at batch {s.batch}, "
+                                                f"above protocol.max_spectral_radius = {bound:g}")
+                    break
+        patience = self.config.protocol.early_stop_patience
+        if s.status == "running" and patience is not None and s.since_best >= patience:
+            s.reason = (f"early stop at batch {s.batch}: no better validation loss for {patience} validation "
+                        f"points (best {s.best_val_loss:.6g} at batch {s.best_val_loss_batch})")
+            self._set_status("completed", s.reason)
+        if self.files is not None:
+            write_metrics_csv(self.files.metrics, s.rows)
+        s.eval_s += time.perf_counter() - t0
+        for fn in self._hooks("on_validation"):
+            fn(self, row)
+        return row
+
+    def _set_status(self, status: str, reason: str | None) -> None:
+        self.state.status = status
+        self.state.reason = reason
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {}
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self._stop_reason is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+            what = "Ctrl-C" if signum == signal.SIGINT else name
+            self.request_stop(f"interrupted ({what}) at batch {self.state.batch}")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, h in (previous or {}).items():
+            signal.signal(sig, h)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self, resumable: bool = True) -> tuple[dict, dict]:
+        """The complete state as ``(arrays, scalars)`` for :func:`tpgraph.train.checkpoint.save_checkpoint`."""
+        s = self.state
+        arrays: dict[str, np.ndarray] = {f"param/{k}": v for k, v in self.model.params.items()}
+        opt_t = {}
+        for g, opt in self.engine.optimizers.items():
+            st = opt.state_dict()
+            opt_t[g] = int(st.pop("t"))
+            arrays.update({f"opt/{g}/{k}": v for k, v in st.items()})
+        if self.best_params is not None:
+            arrays.update({f"best/{k}": v for k, v in self.best_params.items()})
+        table = np.array([[float(r[c]) for c in METRIC_COLUMNS] for r in s.rows], dtype=np.float64)
+        arrays["metrics"] = table.reshape(len(s.rows), len(METRIC_COLUMNS))
+        scalars = {
+            "config": self.config.to_dict(),
+            "train": s.scalars(),
+            "resumable": bool(resumable),
+            "metric_columns": list(METRIC_COLUMNS),
+            "optimizer_steps": opt_t,
+            "engine_step_count": int(self.engine.step_count),
+            "data_rng": self.data_rng.bit_generator.state,
+            "noise_rng": self.engine.rng.bit_generator.state,
+            "dtype": self.model.dtype.name,
+        }
+        return arrays, scalars
+
+    def _save_checkpoint(self, resumable: bool) -> Path | None:
+        if self.files is None:
+            return None
+        t0 = time.perf_counter()
+        s = self.state
+        s.checkpoint_batch = s.batch
+        elapsed, s.elapsed_s = s.elapsed_s, self.elapsed  # the saved state carries the time so far
+        try:
+            arrays, scalars = self.checkpoint_payload(resumable)
+        finally:
+            s.elapsed_s = elapsed
+        path = ckpt.save_checkpoint(self.files.checkpoint_dir, arrays=arrays, state=scalars,
+                                    shapes={k: v.shape for k, v in self.model.params.items()}, batch=s.batch)
+        if s.status == "running":
+            atomic_write_json(self.files.summary, self.summary())
+        s.eval_s += time.perf_counter() - t0
+        for fn in self._hooks("on_checkpoint"):
+            fn(self, path)
+        return path
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, callbacks: Iterable[Callback] = ()) -> "Trainer":
+        """Rebuild a trainer from the last checkpoint of ``run_dir``, ready to :meth:`run` on.
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint is missing, corrupted, of another version or
+            model shape, or the run cannot be continued (it finished or
+            diverged). Nothing is half-loaded: either a complete trainer is
+            returned or nothing.
+        """
+        files = RunFiles(run_dir)
+        if not files.root.is_dir():
+            raise CheckpointError(f"run folder {str(files.root)!r} not found")
+        info = ckpt.checkpoint_info(files.checkpoint_dir)
+        try:
+            summary = read_summary(files.summary) if files.summary.exists() else {}
+        except TPGraphError:
+            summary = {}
+        if summary.get("status") == "diverged":
+            raise CheckpointError(f"run {str(files.root)!r} diverged ({summary.get('reason')}); resuming it would "
+                                  f"diverge again the same way: start a new run with other settings")
+        if not info["state"].get("resumable", False):
+            train = info["state"].get("train", {})
+            raise CheckpointError(f"run {str(files.root)!r} has finished (status {train.get('status')!r}: "
+                                  f"{train.get('reason')}); nothing to resume")
+        try:
+            config = Config.from_dict(info["state"]["config"])
+        except (ConfigError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint of {str(files.root)!r} holds an invalid configuration: {exc}") from None
+        trainer = cls(config, files.root, callbacks=callbacks)
+        doc, arrays = ckpt.load_checkpoint(files.checkpoint_dir,
+                                           {k: v.shape for k, v in trainer.model.params.items()})
+        trainer._restore(doc["state"], arrays, str(files.checkpoint_dir))
+        return trainer
+
+    def _restore(self, scalars: dict, arrays: dict, source: str) -> None:
+        """Apply a verified checkpoint to this (fresh) trainer; validates everything before changing anything."""
+        def fail(what):
+            return CheckpointError(f"checkpoint {source!r}: {what}")
+
+        dtype = self.model.dtype
+        params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+        best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
+        for name, group in (("parameters", params), ("best parameters", best)):
+            for k, v in group.items():
+                if v.dtype != dtype:
+                    raise fail(f"{name} {k!r} have dtype {v.dtype}, the model uses {dtype}")
+        if best and set(best) != set(self.model.params):
+            raise fail("the best parameters do not cover the model's groups")
+        if scalars.get("metric_columns") != list(METRIC_COLUMNS):
+            raise fail(f"metric columns {scalars.get('metric_columns')} differ from this version's")
+        table = arrays.get("metrics")
+        if table is None or table.ndim != 2 or table.shape[1] != len(METRIC_COLUMNS) or table.dtype != np.float64:
+            raise fail("the metrics table is missing or malformed")
+        train = scalars.get("train")
+        known = {f.name for f in fields(TrainState)} - {"rows"}
+        if not isinstance(train, dict) or set(train) != known:
+            raise fail("the training state is missing or has other fields than this version's")
+        opt_states = {}
+        steps = scalars.get("optimizer_steps", {})
+        if set(steps) != set(self.engine.optimizers):
+            raise fail(f"optimiser groups {sorted(steps)} differ from the model's {sorted(self.engine.optimizers)}")
+        for g, opt in self.engine.optimizers.items():
+            st = {"t": steps[g]}
+            st.update({k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"opt/{g}/")})
+            for k, v in st.items():
+                if k != "t" and v.shape != self.model.params[g].shape:
+                    raise fail(f"optimiser buffer {g}/{k} has shape {v.shape}, the parameter {self.model.params[g].shape}")
+            opt_states[g] = st
+        data_rng = np.random.default_rng()
+        noise_rng = np.random.default_rng()
+        try:
+            data_rng.bit_generator.state = scalars["data_rng"]
+            noise_rng.bit_generator.state = scalars["noise_rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise fail(f"a random generator's state is invalid ({exc})") from None
+        # validate the optimiser states on throw-away copies before touching the live ones
+        for g, st in opt_states.items():
+            copy.copy(self.engine.optimizers[g]).load_state_dict(dict(st))
+        # everything checked: apply
+        self.model.params.load(params, source=source)
+        for g, st in opt_states.items():
+            self.engine.optimizers[g].load_state_dict(st)
+        self.engine.rng.bit_generator.state = noise_rng.bit_generator.state
+        self.data_rng.bit_generator.state = data_rng.bit_generator.state
+        self.engine.step_count = int(scalars["engine_step_count"])
+        self.best_params = {k: v.copy() for k, v in best.items()} if best else None
+        state = TrainState(**train)
+        state.rows = [{c: (int(v) if c == "batch" else float(v)) for c, v in zip(METRIC_COLUMNS, r)}
+                      for r in table.tolist()]
+        state.sessions += 1
+        state.status, state.reason = "running", None
+        self.state = state
+
+    # ------------------------------------------------------------------ records
+    def summary(self) -> dict:
+        """Status, best and final values, the baseline and timing, as written to ``summary.json``."""
+        s = self.state
+        final = dict(s.rows[-1]) if s.rows else {}
+        elapsed = self.elapsed
+        train_s = max(elapsed - s.eval_s, 0.0)
+        baseline = self.baseline
+        out: dict[str, Any] = {
+            "status": s.status,
+            "reason": s.reason,
+            "task": {"name": self.task.name, **self.task.options()},
+            "method": self.config.method.name,
+            "baseline_loss": baseline,
+            "n_batches": self.config.protocol.n_batches,
+            "batches_done": s.batch,
+            "best": {
+                "val_loss": s.best_val_loss,
+                "val_loss_batch": s.best_val_loss_batch,
+                "seq_acc": s.best_seq_acc,
+                "seq_acc_batch": s.best_seq_acc_batch,
+                "step_acc": s.best_step_acc,
+            },
+            "final": final,
+            "beats_baseline": (None if baseline is None or s.best_val_loss is None
+                               else bool(s.best_val_loss < baseline)),
+            "elapsed_s": elapsed,
+            "train_s": train_s,
+            "ms_per_batch": 1e3 * train_s / s.batch if s.batch else None,
+            "sessions": s.sessions,
+            "checkpoint_batch": s.checkpoint_batch,
+            "seed": self.config.protocol.seed,
+            "n_params": int(sum(v.size for v in self.model.params.values())),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self._divergence is not None:
+            out["divergence"] = {"batch": self._divergence.step, "quantity": self._divergence.quantity}
+        from .. import __version__
+        out["tpgraph_version"] = __version__
+        return out
+
+    def finish(self) -> dict:
+        """Write the records of the run (metrics, weights, summary, plots); returns the summary."""
+        t0 = time.perf_counter()
+        s = self.state
+        summary = self.summary()
+        if self.files is None:
+            return summary
+        f = self.files
+        write_metrics_csv(f.metrics, s.rows)
+        if s.status == "diverged":
+            summary["weights"] = None
+            note = "weights.npz not written: the weights are not finite."
+            if s.checkpoint_batch is not None:
+                note += f" The last good state is the checkpoint at batch {s.checkpoint_batch}."
+            if self.best_params is not None:
+                note += " The weights of the best validation loss are in weights_best.npz."
+            summary["note"] = note
+        else:
+            save_weights(f.weights, self.model.params)
+            summary["weights"] = f.weights.name
+        if self.best_params is not None:
+            save_weights(f.weights_best, self.best_params)
+            summary["weights_best"] = f.weights_best.name
+        plots = []
+        if self.config.output.plots and s.rows:
+            try:
+                from ..plots import plot_run
+                plots = [p.name for p in plot_run(f.root, summary)]
+            except Exception as exc:  # a plot must never lose the run's records
+                summary["plot_error"] = f"{type(exc).__name__}: {exc}"
+        summary["plots"] = plots
+        summary["run_dir"] = str(f.root)
+        s.eval_s += time.perf_counter() - t0
+        atomic_write_json(f.summary, summary)
+        return summary
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved configuration recorded in a run folder."""
+    return load_config(RunFiles(run_dir).config)
