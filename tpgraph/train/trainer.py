@@ -159,6 +159,17 @@ def new_run_dir(config: Config, label: str | None = None) -> Path:
     raise ConfigError(f"cannot find a free run folder name under {str(root)!r}")
 
 
+def _group_batches(a: np.ndarray, most: int = 10) -> np.ndarray:
+    """``[n, L, B]`` -> ``[n / k, L, k B]`` for the largest divisor ``k <= most`` of ``n``.
+
+    The same sequences in fewer, wider forward passes (about twice as fast to
+    validate); the metrics are means over all sequences either way.
+    """
+    n, L, B = a.shape
+    k = max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+    return np.ascontiguousarray(a.reshape(n // k, k, L, B).transpose(0, 2, 1, 3).reshape(n // k, L, k * B))
+
+
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return float(sum(values) / len(values)) if values else math.nan
@@ -197,13 +208,16 @@ class Trainer:
         self.data_rng = data_stream(config.protocol.seed)
         p = config.protocol
         self.val_inputs, self.val_labels = self.task.validation_set(p.val_seed, p.val_batches, p.batch_size)
+        self._val_x, self._val_y = _group_batches(self.val_inputs), _group_batches(self.val_labels)
         self.state = TrainState()
         self.best_params: dict[str, np.ndarray] | None = None
         self.files = RunFiles(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.warmup = p.warmup if config.method.name == "tp" else 0
         # the model reports losses summed over the batch under reduction "sum"; records are per sample
-        self._loss_scale = 1.0 / p.batch_size if config.method.reduction == "sum" else 1.0
+        total = config.method.reduction == "sum"
+        self._loss_scale = 1.0 / p.batch_size if total else 1.0
+        self._val_loss_scale = 1.0 / self._val_x.shape[2] if total else 1.0
         self._stop_reason: str | None = None
         self._session_start = time.perf_counter()
         self._divergence: DivergenceError | None = None
@@ -257,6 +271,9 @@ class Trainer:
         handlers = self._install_signal_handlers()
         for fn in self._hooks("on_start"):
             fn(self)
+        # overflow on the way to divergence is reported once, as a DivergenceError, not as numpy warnings
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        errstate.__enter__()
         try:
             if not s.rows:
                 self._validation_point()
@@ -277,6 +294,7 @@ class Trainer:
             self._divergence = exc
             self._set_status("diverged", str(exc))
         finally:
+            errstate.__exit__(None, None, None)
             self._restore_signal_handlers(handlers)
         summary = self.finish()
         for fn in self._hooks("on_end"):
@@ -329,12 +347,12 @@ class Trainer:
         # read the last training batch's inverse and local losses before evaluate() reuses the buffers
         recon = self.model.reconstruction_loss() if tp and s.batch > 0 else math.nan
         local = self._local_loss()
-        ev = self.model.evaluate(self.val_inputs, self.val_labels)
+        ev = self.model.evaluate(self._val_x, self._val_y)
         train_loss = s.loss_sum / s.loss_count if s.loss_count else math.nan
         row = {
             "batch": s.batch,
             "train_loss": train_loss,
-            "val_loss": float(ev["loss"]) * self._loss_scale,
+            "val_loss": float(ev["loss"]) * self._val_loss_scale,
             "step_acc": float(ev["step_acc"]),
             "seq_acc": float(ev["seq_acc"]),
             "spectral_radius_W_h": self.model.spectral_radius("W_h"),
