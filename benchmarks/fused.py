@@ -114,8 +114,20 @@ def act_array(src, dst):
 
 
 # ----------------------------------------------------------------------------
-# Small helpers (inlined into the step kernels by LLVM)
+# Small helpers (compiled once per signature, called from the step kernels)
 # ----------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _act_sum(a, b, out):
+    """out = act(a + b) elementwise over 2-D C arrays (flat loop: vectorises).
+    Every activation of the steps goes through here, so the vectorised tanh
+    is compiled once per dtype (it dominates compile time)."""
+    af = a.reshape(a.size)
+    bf = b.reshape(b.size)
+    of = out.reshape(out.size)
+    for i in range(of.shape[0]):
+        of[i] = act(af[i] + bf[i])
+
+
 @njit(cache=True, error_model="numpy")
 def _mm(a, b, out):
     """out = a @ b through BLAS (``np.dot`` in Numba calls SciPy's OpenBLAS).
@@ -190,18 +202,11 @@ def _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp):
                 A[t, b, j] = row[j] + bh[j]
     # recurrence: the only sequential part
     hs[0] = 0
+    tmp[:] = 0  # h_0 = 0: no product at t = 1
     for t in range(L):
-        at = A[t]
-        ht = hs[t + 1]
-        if t == 0:
-            for b in range(B):
-                for j in range(H):
-                    ht[b, j] = act(at[b, j])
-        else:
+        if t > 0:
             _mm(hs[t], WhT, tmp)
-            for b in range(B):
-                for j in range(H):
-                    ht[b, j] = act(at[b, j] + tmp[b, j])
+        _act_sum(A[t], tmp, hs[t + 1])
     # output layer over all L*B rows at once
     Hall = hs[1:].reshape(L * B, H)
     P2 = P.reshape(L * B, n_out)
@@ -355,10 +360,7 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
     Hall = hs[1:].reshape(L * B, H)
     G2 = G.reshape(L * B, H)
     _mm(Hall, VhT, G2)
-    for t in range(L):
-        for b in range(B):
-            for j in range(H):
-                G[t, b, j] = act(G[t, b, j] + OG[t, b, j])
+    _act_sum(G2, OG.reshape(L * B, H), G2)
 
     # displacements, linear merge through the inverse (a backward scan)
     mal = -alpha
@@ -372,13 +374,13 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
             for j in range(H):
                 tmp2[b, j] = ht[b, j] + Dt[b, j]
         _mm(tmp2, VhT, tmp)
-        ogt = OG[t]
+        _act_sum(tmp, OG[t], tmp)
         Gt = G[t]
         Dn = D[t - 1]
         en = dH[t - 1]
         for b in range(B):
             for j in range(H):
-                Dn[b, j] = mal * en[b, j] + act(tmp[b, j] + ogt[b, j]) - Gt[b, j]
+                Dn[b, j] = mal * en[b, j] + tmp[b, j] - Gt[b, j]
 
     # local forward gradients: delta_t = -D_t * (1 - h_t^2) (into dH)
     for t in range(L):
@@ -409,15 +411,12 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
                 N2[r, j] = Hprev[r, j] + sigma * N2[r, j]
         A2 = A.reshape(L * B, H)
         _mm(N2, WhT, R2)
-        for r in range(L * B):
-            for j in range(H):
-                A2[r, j] = act(A2[r, j] + R2[r, j])
+        _act_sum(A2, R2, A2)
         _mm(A2, VhT, G2)
-        OG2 = OG.reshape(L * B, H)
+        _act_sum(G2, OG.reshape(L * B, H), G2)
         for r in range(L * B):
             for j in range(H):
-                g = act(G2[r, j] + OG2[r, j])
-                G2[r, j] = g
+                g = G2[r, j]
                 R2[r, j] = (g - N2[r, j]) * (one - g * g)
         _mm_tn(R2, A2, gVh)
     _colsum_into(R2, gch)

@@ -201,7 +201,14 @@ class Engine:
         fed = set()
         for key, arr in batch.items():
             names = tuple(key) if isinstance(key, tuple) else (key,)
-            arr = np.asarray(arr)
+            if not names:
+                raise DataError("batch has an empty tuple key; name the data nodes it feeds")
+            try:
+                arr = np.asarray(arr)
+            except ValueError as exc:
+                raise DataError(f"batch for {names[0]!r} is not a rectangular array: {exc}") from None
+            if arr.dtype == object:
+                raise DataError(f"batch for {names[0]!r} is not a numeric array (dtype object)")
             stacked = isinstance(key, tuple)
             known = self._feed_keys.get(names)
             if known is None:
@@ -331,6 +338,10 @@ class Engine:
         return result
 
     def _apply(self, update_forward: bool, update_inverse: bool) -> None:
+        if self.check_finite:  # refuse before any group moves, so a divergence leaves the parameters whole
+            for g in self._written:
+                if not kd.all_finite(self.grads[g]):
+                    raise DivergenceError(self._diagnose(g), step=self.step_count + 1, quantity=self._culprit)
         for g in self._written:
             if g in self.inverse_groups and not update_inverse:
                 continue
@@ -503,12 +514,16 @@ class Engine:
         return out
 
     def reconstruction_losses(self) -> dict:
-        """``1/2 ||g(f(h_u)) - h_u||^2`` of every trained inverse, per node (last step)."""
+        """``1/2 ||g(f(h_u)) - h_u||^2`` of every trained inverse at the last step.
+
+        Keyed by ``(node, input)``: a node may carry inverses for several inputs.
+        """
         out = {}
         for st, b in zip(self.plan.stacks, self.buf.stacks):
             for slot, sb in zip(st.slots, b.slots):
                 if sb.recon is not None:
-                    out.update(zip(st.members, sb.recon.tolist()))
+                    for v, r in zip(st.members, sb.recon.tolist()):
+                        out[(v, self.graph.node(v).inputs[slot.index])] = r
         return out
 
     def reconstruction_loss(self) -> float:

@@ -38,6 +38,15 @@ from .params import ParamStore, make_init
 DTYPES = (np.float32, np.float64)
 
 
+def _input_names(node, inputs) -> tuple:
+    if isinstance(inputs, str):
+        return (inputs,)
+    try:
+        return tuple(inputs)
+    except TypeError:
+        raise GraphError(f"node {node!r}: inputs must be a list of node names, got {inputs!r}") from None
+
+
 class Graph:
     """A computation graph of forward nodes, some with inverses.
 
@@ -65,7 +74,10 @@ class Graph:
 
     def __init__(self, name: str = "graph", dtype="float32", merge: str = "linear"):
         self.name = name
-        dt = np.dtype(dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise GraphError(f"graph {name!r}: dtype must be float32 or float64, got {dtype!r}") from None
         if dt.type not in DTYPES:
             raise GraphError(f"graph {name!r}: dtype must be float32 or float64, got {dt}")
         self.dtype = dt
@@ -96,19 +108,19 @@ class Graph:
 
     def dense(self, name, inputs, size, act="tanh", weights=None, bias=None, rules=None, **kw) -> None:
         """Declare ``act(sum_i W_i h_i + b)``; ``weights`` defaults to ``W_<name>_<input>``."""
-        inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        inputs = _input_names(name, inputs)
         weights = weights if weights is not None else tuple(f"W_{name}_{u}" for u in inputs)
         self.add(Dense(name, inputs, rules or (), size=size, act=act, weights=weights, bias=bias, **kw))
 
     def softmax_output(self, name, inputs, size, weights=None, bias=None, rules=None, **kw) -> None:
         """Declare a linear layer whose value is logits for a softmax / cross-entropy."""
-        inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        inputs = _input_names(name, inputs)
         weights = weights if weights is not None else tuple(f"W_{name}_{u}" for u in inputs)
         self.add(SoftmaxOutput(name, inputs, rules or (), size=size, weights=weights, bias=bias, **kw))
 
     def add_node(self, name, inputs, rules=None, **kw) -> None:
         """Declare an elementwise sum of equally sized inputs."""
-        self.add(Add(name, tuple(inputs), rules or (), **kw))
+        self.add(Add(name, _input_names(name, inputs), rules or (), **kw))
 
     def cross_entropy(self, name, logits, labels, reduction="mean", rule="gradient", alpha=None) -> None:
         """Declare a cross-entropy loss of ``softmax(logits)`` against integer ``labels``."""
@@ -119,8 +131,14 @@ class Graph:
         self.add(MSE(name, (prediction, target), (rule, "none"), reduction=reduction, alpha=alpha))
 
     def add_inverse(self, node: str, of: str, weight: str, bias: str | None = None, act: str = "tanh",
-                    others: str = "forward", noise: float = 0.0) -> None:
-        """Attach a learned inverse ``g`` of dense ``node`` with respect to its input ``of``."""
+                    others: str = "forward", noise: float = 0.0, slope: float = 0.01) -> None:
+        """Attach a learned inverse ``g`` of dense ``node`` with respect to its input ``of``.
+
+        ``g(h) = act(V h + others + c)`` with ``V`` = group ``weight`` and ``c`` =
+        group ``bias``; ``others="forward"`` adds the node's other inputs through
+        its forward weights (the paper's ``G``), ``"none"`` leaves them out;
+        ``noise`` is the denoising sigma on the input when training ``g``.
+        """
         n = self.node(node)
         if not isinstance(n, Dense):
             raise GraphError(f"node {node!r} ({n.kind}) cannot carry an inverse: only dense nodes can")
@@ -130,9 +148,14 @@ class Graph:
             raise GraphError(f"inverse of node {node!r}: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
         if others not in ("forward", "none"):
             raise GraphError(f"inverse of node {node!r}: others must be 'forward' or 'none', got {others!r}")
-        if not (isinstance(noise, (int, float)) and np.isfinite(noise) and noise >= 0):
+        if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and np.isfinite(noise) and noise >= 0):
             raise GraphError(f"inverse of node {node!r}: noise must be a finite number >= 0, got {noise!r}")
-        n.inverses[of] = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise))
+        if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and np.isfinite(slope)):
+            raise GraphError(f"inverse of node {node!r}: slope must be a finite number, got {slope!r}")
+        if not isinstance(weight, str) or not weight or (bias is not None and (not isinstance(bias, str) or not bias)):
+            raise GraphError(f"inverse of node {node!r}: weight and bias must be group names, got {weight!r}, {bias!r}")
+        n.inverses[of] = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise),
+                                 slope=float(slope))
 
     def set_rule(self, consumer: str, input: str, rule: str) -> None:
         """Change the credit rule of edge ``input -> consumer``."""
@@ -204,9 +227,23 @@ class Graph:
             except TypeError as exc:
                 raise GraphError(f"node {v!r} ({kind}): bad attributes: {exc}") from None
             out.add(node)
-            for of, inv in data.get("inverses", {}).items():
-                inv = inv if isinstance(inv, Mapping) else vars(inv)
-                out.add_inverse(v, of=of, **{k: val for k, val in inv.items() if k != "of"})
+            invs = data.get("inverses", {})
+            if not isinstance(invs, Mapping):
+                raise GraphError(f"node {v!r}: attribute 'inverses' must map an input name to an inverse "
+                                 f"(a tpgraph.Inverse or a dict of its fields), got {invs!r}")
+            allowed = {"weight", "bias", "act", "others", "noise", "slope"}
+            for of, inv in invs.items():
+                if isinstance(inv, Inverse):
+                    fields = {k: getattr(inv, k) for k in allowed}
+                elif isinstance(inv, Mapping):
+                    fields = {k: val for k, val in inv.items() if k != "of"}
+                else:
+                    raise GraphError(f"node {v!r}: the inverse for {of!r} must be a tpgraph.Inverse or a dict, got {inv!r}")
+                bad = sorted(set(fields) - allowed)
+                if bad or "weight" not in fields:
+                    raise GraphError(f"node {v!r}: the inverse for {of!r} has unknown fields {bad} or no 'weight'; "
+                                     f"allowed: {sorted(allowed)}")
+                out.add_inverse(v, of=of, **fields)
         return out
 
     # ---------------------------------------------------------------- reading
@@ -259,7 +296,11 @@ class Graph:
         order = list(nx.topological_sort(g))
         for v in order:
             self._validate_node(self.node(v))
-        self.param_shapes()
+        shapes = self.param_shapes()
+        unknown = sorted(set(self.inits) - set(shapes))
+        if unknown:
+            raise GraphError(f"graph {self.name!r}: initialisers given for parameter group(s) {unknown} that no "
+                             f"node uses; groups: {sorted(shapes)}")
         if not any(n.is_loss for n in self.nodes):
             raise GraphError(f"graph {self.name!r} has no loss node: nothing proposes targets")
         return order
@@ -293,6 +334,11 @@ class Graph:
                     raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: not an input of {n.name!r}")
                 if isinstance(self.node(of), IndexInput):
                     raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: integer data has no inverse")
+                if inv.others == "forward" and len(n.inputs) > 1 and self._size(of) != n.size:
+                    raise GraphError(
+                        f"inverse of node {n.name!r} with respect to {of!r}: others='forward' adds the other "
+                        f"inputs through {n.name!r}'s forward weights, which map into shape ({n.size},), but "
+                        f"{of!r} has shape ({self._size(of)},); use others='none' or equal sizes")
         elif isinstance(n, Add):
             for u in n.inputs:
                 if self.node(u).is_loss:
@@ -363,10 +409,17 @@ class Graph:
     def init_params(self, seed: int = 0) -> ParamStore:
         """Fresh parameters for every group, from the groups' initialisers, seeded."""
         shapes = self.param_shapes()
+        unknown = sorted(set(self.inits) - set(shapes))
+        if unknown:
+            raise GraphError(f"graph {self.name!r}: initialisers given for parameter group(s) {unknown} that no "
+                             f"node uses; groups: {sorted(shapes)}")
         rng = np.random.default_rng(seed)
         values = {}
         for group in sorted(shapes):
             shape = shapes[group]
             spec = self.inits.get(group, "zeros" if len(shape) == 1 else "glorot")
-            values[group] = make_init(spec, group)(rng, shape).astype(self.dtype)
+            value = np.asarray(make_init(spec, group)(rng, shape))
+            if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value) or not np.all(np.isfinite(value)):
+                raise GraphError(f"initialiser of group {group!r} produced non-finite or non-real values")
+            values[group] = value.astype(self.dtype)
         return ParamStore(values, self.dtype)

@@ -42,6 +42,14 @@ def _check_size(size, node):
         raise GraphError(f"node {node!r}: size must be a positive int, got {size!r}")
 
 
+def _check_number(value, node, what, positive=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf") and (value > 0 if positive else True)
+    if not ok:
+        need = "a finite number > 0" if positive else "a finite number"
+        raise GraphError(f"node {node!r}: {what} must be {need}, got {value!r}")
+
+
 def _check_act(act, node):
     if act not in ACTIVATIONS:
         raise GraphError(
@@ -94,7 +102,10 @@ class Node:
         _check_name(self.name, "node name")
         if isinstance(self.inputs, str):
             self.inputs = (self.inputs,)
-        self.inputs = tuple(self.inputs)
+        try:
+            self.inputs = tuple(self.inputs)
+        except TypeError:
+            raise GraphError(f"node {self.name!r}: inputs must be a list of node names, got {self.inputs!r}") from None
         for u in self.inputs:
             _check_name(u, f"node {self.name!r}: input name")
         if len(set(self.inputs)) != len(self.inputs):
@@ -194,6 +205,7 @@ class Dense(Node):
         super().__post_init__()
         _check_size(self.size, self.name)
         _check_act(self.act, self.name)
+        _check_number(self.slope, self.name, "slope (of leaky_relu)")
         if isinstance(self.weights, str):
             self.weights = (self.weights,)
         self.weights = tuple(self.weights)
@@ -285,6 +297,8 @@ class Loss(Node):
             raise GraphError(
                 f"loss {self.name!r}: unknown reduction {self.reduction!r}; known: {', '.join(REDUCTIONS)}"
             )
+        if self.alpha is not None:
+            _check_number(self.alpha, self.name, "alpha (the loss's target step)", positive=True)
         if self.rules[1] != "none":
             raise GraphError(f"loss {self.name!r}: the edge from {self.inputs[1]!r} (labels/target) must have rule 'none'")
         if self.rules[0] == "none":

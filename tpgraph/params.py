@@ -10,10 +10,10 @@ import numpy as np
 from .errors import CheckpointError, GraphError
 
 
-def orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+def orthogonal(rng: np.random.Generator, shape: tuple, group: str = "?") -> np.ndarray:
     """A random orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
     if len(shape) != 2:
-        raise GraphError(f"orthogonal initialisation needs a 2-D group, got shape {shape}")
+        raise GraphError(f"group {group!r}: orthogonal initialisation needs a 2-D group, got shape {tuple(shape)}")
     a = rng.standard_normal((max(shape), min(shape)))
     q, r = np.linalg.qr(a)
     q = q * np.sign(np.diag(r))
@@ -30,6 +30,9 @@ def make_init(spec, group: str) -> Callable[[np.random.Generator, tuple], np.nda
             return out
         return call
     if isinstance(spec, np.ndarray):
+        if not np.issubdtype(spec.dtype, np.number) or np.iscomplexobj(spec) or not np.all(np.isfinite(spec)):
+            raise GraphError(f"initial value of group {group!r} must be a finite real array")
+
         def fixed(rng, shape):
             if spec.shape != tuple(shape):
                 raise GraphError(f"initial value of group {group!r} has shape {spec.shape}, expected {tuple(shape)}")
@@ -42,10 +45,12 @@ def make_init(spec, group: str) -> Callable[[np.random.Generator, tuple], np.nda
         value = float(arg) if arg else None
     except ValueError:
         raise GraphError(f"initialiser of group {group!r}: {spec!r} has a non-numeric argument") from None
+    if value is not None and not (np.isfinite(value) and value > 0):
+        raise GraphError(f"initialiser of group {group!r}: {spec!r} needs a finite scale > 0")
     if name == "zeros":
         return lambda rng, shape: np.zeros(shape)
     if name == "orthogonal":
-        return orthogonal
+        return lambda rng, shape: orthogonal(rng, shape, group)
     if name == "normal":
         std = 0.1 if value is None else value
         return lambda rng, shape: rng.normal(0.0, std, size=shape)
@@ -86,6 +91,8 @@ class ParamStore(Mapping):
         if name not in self._values:
             raise GraphError(f"no parameter group {name!r}; groups: {', '.join(sorted(self._values))}")
         value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value) or value.dtype == bool:
+            raise GraphError(f"parameter group {name!r}: can only assign real numbers, got dtype {value.dtype}")
         old = self._values[name]
         if value.shape != old.shape:
             raise GraphError(f"parameter group {name!r} has shape {old.shape}, cannot assign shape {value.shape}")
