@@ -42,6 +42,7 @@ class RunData:
     baseline: float | None = None
     task: dict = field(default_factory=dict)
     label: str = ""
+    warmup: int = 0
 
 
 def load_run(run_dir: str | Path, summary: dict | None = None) -> RunData:
@@ -54,7 +55,8 @@ def load_run(run_dir: str | Path, summary: dict | None = None) -> RunData:
         summary = read_summary(files.summary) if files.summary.exists() else {}
     method = summary.get("method") or "?"
     return RunData(name=files.root.name, method=method, metrics=metrics, baseline=summary.get("baseline_loss"),
-                   task=summary.get("task") or {}, label=method.upper() if method != "?" else files.root.name)
+                   task=summary.get("task") or {}, label=method.upper() if method != "?" else files.root.name,
+                   warmup=int(summary.get("warmup") or 0))
 
 
 def _labels(runs: Sequence[RunData]) -> list[tuple[str, str]]:
@@ -92,7 +94,15 @@ def _positive(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[ok], y[ok]
 
 
+def _shade_warmup(ax, runs: Sequence[RunData]) -> None:
+    """Shade TP's inverse-only warm-up (when all TP runs share it)."""
+    warm = {r.warmup for r in runs if r.method == "tp" and r.warmup > 0}
+    if len(warm) == 1:
+        ax.axvspan(0, warm.pop(), color="0.85", alpha=0.5, lw=0, label="TP warm-up (inverse only)")
+
+
 def _draw_loss(ax, runs: Sequence[RunData], baseline: float | None) -> None:
+    _shade_warmup(ax, runs)
     for r, (label, color) in zip(runs, _labels(runs)):
         m = r.metrics
         x, y = _positive(m["batch"], m["train_loss"])

@@ -582,6 +582,7 @@ class Trainer:
             "method": self.config.method.name,
             "baseline_loss": baseline,
             "n_batches": self.config.protocol.n_batches,
+            "warmup": self.warmup,
             "batches_done": s.batch,
             "best": {
                 "val_loss": s.best_val_loss,
