@@ -47,6 +47,7 @@ from .buffers import Buffers
 from .errors import ConfigError, DataError, DivergenceError, GraphError
 from .graph import Graph
 from .kernels import dense as kd
+from .kernels.blas import gemm_for
 from .kinds import RUNNERS
 from .merges import get_merge
 from .nodes import Dense, IndexInput
@@ -102,11 +103,16 @@ class Engine:
     check_finite : bool
         After each step, check the loss and every parameter (cheap) and raise
         :class:`~tpgraph.errors.DivergenceError` naming the step and quantity.
+    blas : {"auto", "cblas", "numba"}
+        How the scan kernels multiply: through NumPy's OpenBLAS when found
+        (``"auto"``; faster for the small per-step products), or ``np.dot``
+        inside Numba (``"numba"``). See :mod:`tpgraph.kernels.blas`.
     """
 
     def __init__(self, graph: Graph | Plan, params: ParamStore | None = None, *, alpha: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.01, groups: Mapping | None = None, seed: int = 0,
-                 fast_tanh: bool = True, check_finite: bool = True, optimizer_options: Mapping | None = None):
+                 fast_tanh: bool = True, check_finite: bool = True, optimizer_options: Mapping | None = None,
+                 blas: str = "auto"):
         self.plan = graph if isinstance(graph, Plan) else compile_plan(graph)
         self.graph = self.plan.graph
         dtype = self.graph.dtype
@@ -126,6 +132,13 @@ class Engine:
         self.params = params
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
+        # products inside the scan kernels go through NumPy's OpenBLAS when it can be found
+        self.gemm = gemm_for(dtype) if blas in ("auto", "cblas") else None
+        if blas == "cblas" and self.gemm is None:
+            raise ConfigError("blas='cblas' asked for NumPy's OpenBLAS, which was not found; use blas='auto'")
+        if blas not in ("auto", "cblas", "numba"):
+            raise ConfigError(f"blas must be 'auto', 'cblas' or 'numba', got {blas!r}")
+        self.one, self.zero = dtype.type(1), dtype.type(0)
         self.check_finite = check_finite
         self.codes = {st.id: act_code(st.node.act, dtype, fast_tanh) for st in self.plan.stacks
                       if isinstance(st.node, Dense)}

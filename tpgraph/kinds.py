@@ -97,7 +97,11 @@ class DenseRunner:
             _accumulate(eng, st, b, st.rec_slot, b.a2, eng.wt)
             init_stack, init_member = st.init_src
             b.hext[0] = eng.buf.stacks[init_stack].h[init_member]
-            kd.scan_forward(b.hext, b.a, bias, eng.wt[node.weights[st.rec_slot]], code, node.slope, b.tmp)
+            wt = eng.wt[node.weights[st.rec_slot]]
+            if eng.gemm is not None:
+                kd.scan_forward_cblas(eng.gemm, eng.one, eng.zero, b.hext, b.a, bias, wt, code, node.slope, b.tmp)
+            else:
+                kd.scan_forward(b.hext, b.a, bias, wt, code, node.slope, b.tmp)
         else:
             _accumulate(eng, st, b, -1, b.h2, eng.wt)
             bias_activate(b.h2, bias, code, node.slope, b.h2)
@@ -170,13 +174,19 @@ class DenseRunner:
             if start < end:
                 continue
             if slot.rule == "gradient":
-                kd.scan_gradient(b.d, b.hext, eng.params[slot.weight], code, node.slope, inv_count,
-                                 start, end, sb.p, b.delta)
+                args = (b.d, b.hext, eng.params[slot.weight], code, node.slope, inv_count, start, end, sb.p, b.delta)
+                if eng.gemm is not None:
+                    kd.scan_gradient_cblas(eng.gemm, eng.one, eng.zero, *args)
+                else:
+                    kd.scan_gradient(*args)
             else:
                 inv = slot.inverse
-                kd.scan_inverse(b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
-                                eng.inv_codes[(st.id, slot.index)], inv.slope, inv_count, start, end,
-                                slot.rule == "dtp", sb.p, b.tmp)
+                args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
+                        inv.slope, inv_count, start, end, slot.rule == "dtp", sb.p, b.tmp)
+                if eng.gemm is not None:
+                    kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
+                else:
+                    kd.scan_inverse(*args)
         if slot.rule != "gradient" or stop == 1:
             mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
         if st.propose_init:

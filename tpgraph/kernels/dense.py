@@ -11,6 +11,7 @@ orientation ``W [out, in]``; ``WT`` denotes a contiguous transposed copy.
 import numpy as np
 
 from .activations import TANH, TANH_FAST, act_block, act_scalar, deriv_scalar, fast_tanh, mul_deriv
+from .blas import mm
 from .jit import kernel
 
 
@@ -193,3 +194,44 @@ def all_finite(a):
         if not np.isfinite(v):
             return False
     return True
+
+
+# The same three scans with their products through NumPy's OpenBLAS
+# (see tpgraph.kernels.blas); the engine uses these when it found that BLAS.
+
+
+@kernel
+def scan_forward_cblas(gemm, one, zero, hext, a, bias, wt, code, slope, tmp):
+    """:func:`scan_forward` with ``gemm`` for the products."""
+    for k in range(a.shape[0]):
+        mm(gemm, hext[k], wt, tmp, one, zero)
+        act_block(tmp, a[k], bias, code, slope, hext[k + 1])
+
+
+@kernel
+def scan_gradient_cblas(gemm, one, zero, d, hext, w, code, slope, inv_count, start, stop, p, delta):
+    """:func:`scan_gradient` with ``gemm`` for the products."""
+    for k in range(start, stop - 1, -1):
+        dl = delta[k]
+        mul_deriv(d[k], hext[k + 1], code, slope, dl)
+        mm(gemm, dl, w, p[k], one, zero)
+        if k > 0:
+            _merge_into(d[k - 1], p[k], inv_count[k - 1])
+
+
+@kernel
+def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, difference,
+                       p, tmp):
+    """:func:`scan_inverse` with ``gemm`` for the products."""
+    rows, cols = tmp.shape
+    for k in range(start, stop - 1, -1):
+        dk = d[k]
+        hk = hext[k + 1]
+        for r in range(rows):
+            for j in range(cols):
+                tmp[r, j] = hk[r, j] + dk[r, j]
+        pk = p[k]
+        mm(gemm, tmp, vt, pk, one, zero)
+        inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
+        if k > 0:
+            _merge_into(d[k - 1], pk, inv_count[k - 1])
