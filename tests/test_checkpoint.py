@@ -126,6 +126,25 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(a[c], b[c])
 
 
+def test_a_run_killed_while_writing_its_records_completes_them(tmp_path):
+    t = Trainer(_config(tmp_path), tmp_path / "run")
+    t.run()
+    root = tmp_path / "run"
+    weights = load_npz(root / "weights.npz")
+    # as if killed after the final checkpoint, before the records: old summary, no weights
+    (root / "weights.npz").unlink()
+    summary = json.loads((root / "summary.json").read_text())
+    (root / "summary.json").write_text(json.dumps(dict(summary, status="running")))
+    again = Trainer.resume(root)
+    assert again.state.status == "completed"
+    s = again.run()
+    assert s["status"] == "completed" and s["batches_done"] == 120
+    again_weights = load_npz(root / "weights.npz")
+    assert all(again_weights[k].tobytes() == v.tobytes() for k, v in weights.items())
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        Trainer.resume(root)
+
+
 def test_finished_run_cannot_be_resumed(tmp_path):
     Trainer(_config(tmp_path), tmp_path / "run").run()
     with pytest.raises(CheckpointError, match="nothing to resume"):

@@ -169,7 +169,8 @@ def test_sigkill_at_a_random_batch_then_resume_is_bit_for_bit(tmp_path):
             time.sleep(rng.uniform(0.0, 0.4))
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        if proc.returncode == -signal.SIGKILL:
+        status = json.loads((tmp_path / name / "summary.json").read_text())["status"]
+        if proc.returncode == -signal.SIGKILL and status == "running":
             killed_at = json.loads(index.read_text())["batch"]
             break
     assert killed_at is not None, "the run always finished before the kill"

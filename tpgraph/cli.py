@@ -258,7 +258,7 @@ def _fmt(x, spec=".4g") -> str:
 
 
 def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def _at(batch) -> str:

@@ -221,6 +221,7 @@ class Trainer:
         self._stop_reason: str | None = None
         self._session_start = time.perf_counter()
         self._divergence: DivergenceError | None = None
+        self._records_only = False
         if self.files is not None:
             self.files.root.mkdir(parents=True, exist_ok=True)
             if not self.files.config.exists():
@@ -266,6 +267,12 @@ class Trainer:
         """
         s = self.state
         if s.status != "running":
+            if self._records_only:  # stopped, but killed before its records were complete: write them
+                self._records_only = False
+                summary = self.finish()
+                for fn in self._hooks("on_end"):
+                    fn(self, summary)
+                return summary
             raise TPGraphError(f"this run has already stopped (status {s.status!r}); nothing to run")
         self._session_start = time.perf_counter()
         handlers = self._install_signal_handlers()
@@ -494,10 +501,13 @@ class Trainer:
         if summary.get("status") == "diverged":
             raise CheckpointError(f"run {str(files.root)!r} diverged ({summary.get('reason')}); resuming it would "
                                   f"diverge again the same way: start a new run with other settings")
-        if not info["state"].get("resumable", False):
-            train = info["state"].get("train", {})
+        resumable = bool(info["state"].get("resumable", False))
+        train = info["state"].get("train", {})
+        if not resumable and summary.get("status") == train.get("status"):
             raise CheckpointError(f"run {str(files.root)!r} has finished (status {train.get('status')!r}: "
                                   f"{train.get('reason')}); nothing to resume")
+        # not resumable, but the summary is not final: the run stopped and was killed while writing its
+        # records; the trainer is restored as it stopped and run() only writes the records.
         try:
             config = Config.from_dict(info["state"]["config"])
         except (ConfigError, KeyError) as exc:
@@ -505,10 +515,11 @@ class Trainer:
         trainer = cls(config, files.root, callbacks=callbacks)
         doc, arrays = ckpt.load_checkpoint(files.checkpoint_dir,
                                            {k: v.shape for k, v in trainer.model.params.items()})
-        trainer._restore(doc["state"], arrays, str(files.checkpoint_dir))
+        trainer._restore(doc["state"], arrays, str(files.checkpoint_dir), resumable)
+        trainer._records_only = not resumable
         return trainer
 
-    def _restore(self, scalars: dict, arrays: dict, source: str) -> None:
+    def _restore(self, scalars: dict, arrays: dict, source: str, resumable: bool = True) -> None:
         """Apply a verified checkpoint to this (fresh) trainer; validates everything before changing anything."""
         def fail(what):
             return CheckpointError(f"checkpoint {source!r}: {what}")
@@ -564,7 +575,8 @@ class Trainer:
         state.rows = [{c: (int(v) if c == "batch" else float(v)) for c, v in zip(METRIC_COLUMNS, r)}
                       for r in table.tolist()]
         state.sessions += 1
-        state.status, state.reason = "running", None
+        if resumable:
+            state.status, state.reason = "running", None
         self.state = state
 
     # ------------------------------------------------------------------ records
