@@ -76,6 +76,7 @@ class Progress(Callback):
         self._t0 = time.monotonic()
         self._b0 = 0
         self._drawn = False
+        self._started = False
 
     # ------------------------------------------------------------------ hooks
     def on_start(self, trainer) -> None:
@@ -92,6 +93,10 @@ class Progress(Callback):
 
     def on_batch(self, trainer, batch: int, loss: float) -> None:
         self.loss = loss
+        if batch == self._b0 + 1 and not self._started:  # rates count from the first batch, not start-up
+            self._t0 = time.monotonic()
+            self._b0 = batch
+            self._started = True
         if self.mode != "bar":
             return
         now = time.monotonic()
@@ -134,16 +139,16 @@ class Progress(Callback):
         rate = done / dt if dt > 0 else 0.0
         eta = (self.total - batch) / rate if rate > 0 else math.nan
         frac = batch / self.total if self.total else 0.0
-        text = (f"{self.label + ' ' if self.label else ''}{batch:>{len(str(self.total))}}/{self.total}  "
-                f"loss {_num(self.loss)}  val {_num(self.val_loss)}  seq {_num(self.seq_acc, '.2f')}  "
+        head = f"{self.label + ' ' if self.label else ''}{batch:>{len(str(self.total))}}/{self.total}"
+        tail = (f"loss {_num(self.loss)}  val {_num(self.val_loss)}  seq {_num(self.seq_acc, '.2f')}  "
                 f"{rate:.0f} b/s  ETA {format_duration(eta)}")
         width = shutil.get_terminal_size((100, 20)).columns - 1
-        bar_width = max(0, min(30, width - len(text) - 4))
+        bar_width = max(0, min(30, width - len(head) - len(tail) - 8))
         if bar_width >= 5:
             filled = int(round(frac * bar_width))
-            bar = "#" * filled + "." * (bar_width - filled)
-            parts = text.split("  ", 1)
-            text = f"{parts[0]}  [{bar}]  {parts[1]}" if len(parts) == 2 else text
+            text = f"{head}  [{'#' * filled}{'.' * (bar_width - filled)}]  {tail}"
+        else:
+            text = f"{head}  {tail}"
         self.stream.write("\r" + text[:width].ljust(width))
         self.stream.flush()
         self._drawn = True
