@@ -10,7 +10,6 @@ import pytest
 from tpgraph.errors import ConfigError
 from tpgraph.progress import Progress, format_duration
 from tpgraph.train import METRIC_COLUMNS, Callback, Config, Trainer, apply_overrides, new_run_dir, read_metrics_csv
-from tpgraph.train.records import load_npz
 
 
 def _config(*extra, runs_dir=None):

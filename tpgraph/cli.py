@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import textwrap
 from pathlib import Path
 from typing import Sequence
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import uuid
 import zipfile
 from pathlib import Path
@@ -187,11 +186,3 @@ def load_checkpoint(folder: str | Path, expected_shapes: Mapping[str, tuple] | N
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise CheckpointError(f"checkpoint arrays file {str(path)!r} cannot be read: {exc}") from None
     return doc, arrays
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """``None`` for ``None``, NaN or inf; the float otherwise (JSON-friendly scalars)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
