@@ -24,7 +24,7 @@ EXIT_OK, EXIT_STOPPED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _TRAIN_EXAMPLES = """\
 examples:
   tpgraph train examples/configs/quick.toml
-      the README's run: TP on copy memory (delay 5), a few minutes on 2 cores
+      the README's run: TP on copy memory (delay 5), about 20 s on 2 cores
   tpgraph train examples/configs/copy_memory_tp.toml --batches 5000 --seed 3
   tpgraph train --method bptt --delay 10 --set optimizer.lr_f=3e-4
   tpgraph train --resume runs/copy_memory-tp-20250101-120000
@@ -35,7 +35,11 @@ batches of 20, validation on 500 batches). Settings are applied in this order:
 the defaults, CONFIG, each --set, then the named flags. `tpgraph config --keys`
 lists every key. Each run writes a folder under output.runs_dir (default
 runs/) holding config.toml, metrics.csv, summary.json, weights.npz, plots and
-the last checkpoint.
+the last checkpoint. Ctrl-C stops after the current batch and saves a
+checkpoint (press it twice to stop at once).
+
+exit status: 0 completed, 1 diverged or stopped by a rule (the reason is in
+summary.json), 2 a usage error, 130 interrupted.
 """
 
 _COMPARE_EXAMPLES = """\
