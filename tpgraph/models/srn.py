@@ -246,5 +246,7 @@ class SRN:
         return float(np.max(np.abs(np.linalg.eigvals(self.params[group].astype(np.float64)))))
 
     def optimizer_state(self) -> dict:
-        """Per-group optimiser states (for checkpoints)."""
-        return {g: opt.state_dict() for g, opt in self.engine(1).optimizers.items()}
+        """Per-group optimiser states (empty before the first step; all lengths share them)."""
+        if self._first is None:
+            return {}
+        return {g: opt.state_dict() for g, opt in self._first.optimizers.items()}
