@@ -20,6 +20,7 @@ from ..engine import Engine
 from ..errors import ConfigError, DataError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
+from ..tasks.base import sequence_accuracy, step_accuracy
 
 #: The initialisation of the authors' code (NOTES.md): orthogonal recurrent
 #: and inverse matrices, N(0, 0.1^2) input and output weights, zero biases.
@@ -214,23 +215,17 @@ class SRN:
         n, L, B = inputs.shape
         eng = self.engine(L)
         names = _names("y", L) if self.many_to_many else (f"y_{L}",)
-        total = 0.0
-        right_steps = 0
-        right_seqs = 0
+        total = step_acc = seq_acc = 0.0
         pred = np.zeros(len(names) * B, dtype=np.int64)
         for i in range(n):
             _, batch = self._batch(inputs[i], labels[i])
-            res = eng.forward(batch)
-            total += res.loss
+            total += eng.forward(batch).loss
             z = eng.stacked_values(names)
             argmax_rows(z.reshape(-1, z.shape[-1]), pred)
-            lab = labels[i] if self.many_to_many else labels[i][-1:]
-            ok = pred.reshape(len(names), B) == lab.reshape(len(names), B)
-            right_steps += int(ok.sum())
-            right_seqs += int(ok.all(axis=0).sum())
-        n_out = self._n_outputs(L)
-        return {"loss": total / (n * n_out), "step_acc": right_steps / (n * n_out * B),
-                "seq_acc": right_seqs / (n * B)}
+            lab = (labels[i] if self.many_to_many else labels[i][-1:]).reshape(len(names), B)
+            step_acc += step_accuracy(pred.reshape(len(names), B), lab)
+            seq_acc += sequence_accuracy(pred.reshape(len(names), B), lab)
+        return {"loss": total / (n * self._n_outputs(L)), "step_acc": step_acc / n, "seq_acc": seq_acc / n}
 
     def reconstruction_loss(self) -> float:
         """The inverse's reconstruction loss per sample at the last TP step (NaN before any)."""
