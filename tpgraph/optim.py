@@ -27,6 +27,8 @@ Examples
 
 from __future__ import annotations
 
+import abc
+
 import math
 from numbers import Real
 from typing import Any, ClassVar
@@ -78,7 +80,7 @@ def _check_bool(owner: str, option: str, value: Any) -> bool:
     return bool(value)
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class of the optimisers: one instance per parameter array.
 
     Subclasses set :attr:`name` and :attr:`_state_keys` and implement
@@ -192,9 +194,9 @@ class Optimizer:
         self._t += 1
         self._update(param.ravel(), np.ascontiguousarray(grad).ravel(), param.dtype.type)
 
+    @abc.abstractmethod
     def _update(self, p: np.ndarray, g: np.ndarray, scalar: type) -> None:
         """Apply the rule to flat views; `scalar` converts Python floats to the dtype."""
-        raise NotImplementedError
 
     def reset(self) -> None:
         """Forget the state (step count, buffers, bound shape and dtype)."""
@@ -296,6 +298,7 @@ class Optimizer:
         self._state = new_state
 
     # ------------------------------------------------------------- describing
+    @abc.abstractmethod
     def hyperparameters(self) -> dict[str, Any]:
         """Return the settings as a JSON-able dict.
 
@@ -306,7 +309,6 @@ class Optimizer:
             ``make_optimizer(**opt.hyperparameters())`` rebuilds an equivalent
             optimiser (without its state).
         """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         settings = {k: v for k, v in self.hyperparameters().items() if k != "name"}

@@ -13,6 +13,8 @@ the concrete tasks, and the two accuracy measures :func:`step_accuracy` and
 
 from __future__ import annotations
 
+import abc
+
 import numbers
 
 import numpy as np
@@ -169,7 +171,7 @@ def sequence_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.all(pred_arr == labels_arr, axis=0)))
 
 
-class Task:
+class Task(abc.ABC):
     """Abstract base of a synthetic sequence task.
 
     Subclasses set :attr:`name`, implement :meth:`_draw` (the vectorised
@@ -199,14 +201,14 @@ class Task:
 
     # ------------------------------------------------------------------ API
     @property
+    @abc.abstractmethod
     def length(self) -> int:
         """int: Number of time steps of every sequence."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def n_in(self) -> int:
         """int: Vocabulary size of the inputs (number of token indices)."""
-        raise NotImplementedError
 
     @property
     def n_out(self) -> int:
@@ -214,15 +216,16 @@ class Task:
         return self.n_in
 
     @property
+    @abc.abstractmethod
     def blank(self) -> int:
         """int: Token index of the blank symbol."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def baseline_loss(self) -> float | None:
         """float or None: Per-step cross-entropy of the best memoryless predictor."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def options(self) -> dict:
         """Constructor arguments of this task.
 
@@ -232,10 +235,10 @@ class Task:
             JSON-able mapping such that ``make_task(task.name, **task.options())``
             rebuilds an equal task.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Implemented by each subclass."""
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw a batch of input and label sequences.
