@@ -3,13 +3,18 @@
     python benchmarks/bench.py            # full: L 35/45/100/200, H 128/512
     python benchmarks/bench.py --quick    # about a minute: L 45/100, H 128
     python benchmarks/bench.py --out PATH # JSON path (default benchmarks/latest.json)
+    python benchmarks/bench.py --markdown PATH  # also write the report, with a
+                                          # header (command, machine, versions, BLAS)
 
 The paper's SRN (B=20, one-hot inputs of 10, softmax outputs of 10, float32),
 one full training step (forward + credit assignment + Adam update) per call.
 All implementations of one shape are measured interleaved in one process
 (round-robin, rotating order, several repeats; each sample is the mean over a
 few consecutive steps, the reported figure the median of the samples), with
-one BLAS/OpenMP thread. See benchmarks/README.md for how to read the output.
+one BLAS/OpenMP thread. The fused reference runs in two variants, its products
+through NumPy's OpenBLAS (cblas, as the engine's scans) and through ``np.dot``
+in Numba (SciPy's OpenBLAS); engine/fused ratios are taken against the faster
+of the two at each shape. See benchmarks/README.md for how to read the output.
 Progress goes to stderr; the Markdown report to stdout; everything to JSON.
 """
 
@@ -19,7 +24,7 @@ import os
 # OPENBLAS_L2_SIZE are recorded as found, never changed.
 ENV_FOUND = {k: os.environ.get(k) for k in (
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR")}
+    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "TPGRAPH_BLAS")}
 for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
            "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_k] = "1"
@@ -30,6 +35,7 @@ import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -79,6 +85,15 @@ def make_engine_step(method, H, seed=0):
     return m.train_step
 
 
+def engine_blas(step, L):
+    """How the engine behind ``step`` (from :func:`make_engine_step`) does the
+    scans' products: "cblas" (NumPy's OpenBLAS) or "numba" (np.dot)."""
+    try:
+        return "cblas" if step.__self__.engine(L).gemm is not None else "numba"
+    except Exception as e:  # noqa: BLE001
+        return f"unknown ({type(e).__name__}: {e})"
+
+
 # Source run in fresh processes (first-call time, peak RSS). {H}, {L}, {steps}
 # and {method} are filled in; prints one JSON line.
 ENGINE_CHILD = r"""
@@ -109,7 +124,7 @@ sys.path.insert(0, {here!r})
 import numpy as np
 from fused import FusedSRN
 t_import = time.perf_counter() - t0
-m = FusedSRN(10, {H}, 10, 20, {L}, np.float32, 0)
+m = FusedSRN(10, {H}, 10, 20, {L}, np.float32, 0, blas={blas!r})
 rng = np.random.default_rng(0)
 x = rng.integers(0, 10, ({L}, 20)); y = rng.integers(0, 10, ({L}, 20))
 loss = m.{method}_step(x, y)
@@ -119,7 +134,7 @@ for _ in range({steps} - 1):
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
 print(json.dumps(dict(import_s=t_import, first_step_s=t_first, total_s=time.perf_counter() - t0,
                       loss=float(loss), maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      vmhwm_mb=int(hwm[0].split()[1]) / 1024 if hwm else None)))
+                      vmhwm_mb=int(hwm[0].split()[1]) / 1024 if hwm else None, blas=m.blas)))
 """
 
 BASELINE_CHILD = r"""
@@ -271,7 +286,7 @@ def blas_info():
     except Exception as e:  # noqa: BLE001
         info["scipy_blas_used_by_numba_np_dot"] = f"unavailable: {e}"
     # Ask every loaded OpenBLAS for the kernel it picked at run time.
-    cores = {}
+    cores, libs = {}, []
     try:
         paths = sorted({p for p in open("/proc/self/maps").read().split() if "openblas" in p.lower()
                         and ".so" in p})
@@ -282,15 +297,30 @@ def blas_info():
             lib = ctypes.CDLL(p)
         except OSError:
             continue
-        for fn in ("openblas_get_corename", "scipy_openblas_get_corename64_",
-                   "scipy_openblas_get_corename", "openblas_get_corename64_"):
-            f = getattr(lib, fn, None)
-            if f is not None:
-                f.restype = ctypes.c_char_p
-                cores[Path(p).name] = f().decode()
-                break
+        entry = {"path": p, "owner": _blas_owner(p), "core": None, "config": None}
+        for what in ("corename", "config"):
+            for fn in (f"openblas_get_{what}", f"scipy_openblas_get_{what}64_",
+                       f"scipy_openblas_get_{what}", f"openblas_get_{what}64_"):
+                f = getattr(lib, fn, None)
+                if f is not None:
+                    f.restype = ctypes.c_char_p
+                    entry["core" if what == "corename" else what] = f().decode()
+                    break
+        if entry["core"] is not None:
+            cores[Path(p).name] = entry["core"]
+        libs.append(entry)
     info["openblas_kernels_in_use"] = cores
+    info["openblas_libraries"] = libs
     return info
+
+
+def _blas_owner(path):
+    """Which package ships the shared library at ``path`` (from its folder)."""
+    low = path.replace("\\", "/").lower()
+    for owner in ("numpy", "scipy", "torch"):
+        if f"/{owner}.libs/" in low or f"/{owner}/" in low:
+            return owner
+    return "other"
 
 
 def gemm_peak(n=2048, tries=4):
@@ -404,7 +434,12 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "latest.json"), help="JSON output path")
     ap.add_argument("--repeats", type=int, default=None, help="round-robin repeats per shape")
     ap.add_argument("--no-subprocess", action="store_true", help="skip first-call and RSS measurements")
+    ap.add_argument("--markdown", metavar="PATH", default=None,
+                    help="also write the Markdown report to PATH, with a header (command, date, machine, "
+                         "versions, OpenBLAS environment and kernels), ready for docs/performance.md")
     args = ap.parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (sys.argv[1:] if argv is None
+                                                                               else list(argv))))
 
     quick = args.quick
     lengths = [45, 100] if quick else [35, 45, 100, 200]
@@ -431,10 +466,20 @@ def main(argv=None):
     peaks = [gemm_peak()]
     log(f"[bench]   {peaks[-1]:.1f} GFLOP/s")
 
+    # the fused reference in both BLAS variants (see fused.py): products through
+    # NumPy's OpenBLAS (cblas, as the engine's scans) and through np.dot in Numba
+    fused_variants = {"npdot": "numba"}
+    fused_cblas_skipped = None
+    if fused.gemm_for(DTYPE) is not None:
+        fused_variants = {"cblas": "cblas", "npdot": "numba"}
+    else:
+        fused_cblas_skipped = ("NumPy's OpenBLAS cblas_sgemm not found (or TPGRAPH_BLAS=numba): "
+                               "only the np.dot variant of the fused reference runs")
+        log(f"[bench] {fused_cblas_skipped}")
     impls = []
     if eng_ok:
         impls += ["engine_tp", "engine_bptt"]
-    impls += ["fused_tp", "fused_bptt"]
+    impls += [f"fused_{v}_{m}" for m in ("tp", "bptt") for v in fused_variants]
     if torch is not None:
         impls += ["torch_nn_rnn_bptt", "torch_cell_loop_bptt"]
 
@@ -445,6 +490,7 @@ def main(argv=None):
     flop_bound_ms = {"tp": {}, "bptt": {}}
     small_dot = {}
     errors = {}
+    engine_blas_used = {}
 
     for H in hiddens:
         small_dot[str(H)] = small_dot_us(H)
@@ -459,13 +505,16 @@ def main(argv=None):
                     try:
                         f = make_engine_step(method, H)
                         steps[f"engine_{method}"] = (lambda f=f: f(x, y))
+                        engine_blas_used[f"{method}_{key}"] = engine_blas(f, L)
                     except Exception as e:  # noqa: BLE001
                         errors[f"engine_{method}_{key}"] = f"{type(e).__name__}: {e}"
                         log(f"[bench]   engine {method} failed at {key}: {e}")
-            fm_tp = fused.FusedSRN(N_IN, H, N_OUT, B, L, DTYPE, 0, ALPHA, LR, LR, LR, LR, sigma=SIGMA)
-            fm_bp = fused.FusedSRN(N_IN, H, N_OUT, B, L, DTYPE, 0, ALPHA, LR, LR, LR, LR)
-            steps["fused_tp"] = lambda: fm_tp.tp_step(x, y) / L
-            steps["fused_bptt"] = lambda: fm_bp.bptt_step(x, y) / L
+            for v, blas in fused_variants.items():
+                fm_tp = fused.FusedSRN(N_IN, H, N_OUT, B, L, DTYPE, 0, ALPHA, LR, LR, LR, LR, sigma=SIGMA,
+                                       blas=blas)
+                fm_bp = fused.FusedSRN(N_IN, H, N_OUT, B, L, DTYPE, 0, ALPHA, LR, LR, LR, LR, blas=blas)
+                steps[f"fused_{v}_tp"] = lambda m=fm_tp: m.tp_step(x, y) / L
+                steps[f"fused_{v}_bptt"] = lambda m=fm_bp: m.bptt_step(x, y) / L
             if torch is not None:
                 steps["torch_nn_rnn_bptt"] = (lambda s=make_torch_rnn_step(torch, H, x, y): s() / L)
                 steps["torch_cell_loop_bptt"] = (lambda s=make_torch_cell_step(torch, H, x, y): s() / L)
@@ -476,6 +525,13 @@ def main(argv=None):
                 medians[name][key] = float(np.median(s))
                 raw[name][key] = {"samples_ms": s, "min_ms": float(np.min(s)), "steps_per_sample": n_inner[name]}
                 losses[name][key] = float(last[name])
+            if len(fused_variants) == 2:
+                # same seed, same data, same number of steps: the variants must agree
+                for m_ in ("tp", "bptt"):
+                    a, b_ = losses[f"fused_cblas_{m_}"][key], losses[f"fused_npdot_{m_}"][key]
+                    if not abs(a - b_) <= 1e-4 * abs(b_):
+                        errors[f"fused_variants_disagree_{m_}_{key}"] = f"last loss cblas {a} vs np.dot {b_}"
+                        log(f"[bench]   WARNING: fused {m_} variants disagree at {key}: {a} vs {b_}")
             flops["tp"][key] = flops_tp(L, B, H, N_IN, N_OUT, SIGMA)
             flops["bptt"][key] = flops_bptt(L, B, H, N_IN, N_OUT)
             log("[bench]   " + "  ".join(f"{n} {medians[n][key]:.3f}" for n in samples) + "  (ms/step)")
@@ -501,7 +557,8 @@ def main(argv=None):
                 first_call["engine_tp_cold_cache"] = run_child(src, cache_dir=d)
             finally:
                 shutil.rmtree(d, ignore_errors=True)
-        src = FUSED_CHILD.format(here=str(HERE), H=128, L=45, steps=1, method="tp")
+        fused_blas = "cblas" if "cblas" in fused_variants else "numba"  # the faster one where both exist
+        src = FUSED_CHILD.format(here=str(HERE), H=128, L=45, steps=1, method="tp", blas=fused_blas)
         run_child(src)
         first_call["fused_tp_warm_cache"] = run_child(src)
         if not quick:
@@ -518,23 +575,51 @@ def main(argv=None):
             for method in ("tp", "bptt"):
                 children[f"engine_{method}"] = (ENGINE_CHILD, dict(H=128, L=200, method=method))
         for method in ("tp", "bptt"):
-            children[f"fused_{method}"] = (FUSED_CHILD, dict(here=str(HERE), H=128, L=200, method=method))
+            children[f"fused_{method}"] = (FUSED_CHILD, dict(here=str(HERE), H=128, L=200, method=method,
+                                                             blas=fused_blas))
         for name, (tmpl, kw) in children.items():
             run_child(tmpl.format(steps=1, **kw))  # warm the cache: measure training, not compiling
             rss[name] = run_child(tmpl.format(steps=20, **kw), launcher=True)
 
     # -- ratios -------------------------------------------------------------------
+    # "fused_tp" / "fused_bptt" below mean the FASTER fused variant (cblas or
+    # np.dot) at that shape: the engine is compared against the best reference.
     def med(name, key):
+        if name in ("fused_tp", "fused_bptt"):
+            vals = [medians[f"fused_{v}_{name[6:]}"].get(key) for v in fused_variants]
+            vals = [t for t in vals if t is not None]
+            return min(vals) if vals else None
         return medians.get(name, {}).get(key)
 
+    def mn(name, key):
+        """The fastest sample (for fused_tp/fused_bptt: of either variant)."""
+        names = [f"fused_{v}_{name[6:]}" for v in fused_variants] if name in ("fused_tp", "fused_bptt") else [name]
+        vals = [raw[n][key]["min_ms"] for n in names if key in raw.get(n, {})]
+        return min(vals) if vals else None
+
+    def faster(method, key):
+        vals = {v: medians[f"fused_{v}_{method}"].get(key) for v in fused_variants}
+        vals = {v: t for v, t in vals.items() if t is not None}
+        return min(vals, key=vals.get) if vals else None
+
     k45 = "L45_H128"
+
+    def engine_vs_fused(med_, key):
+        out = {}
+        for m_ in ("tp", "bptt"):
+            out[f"{m_}_engine_over_fused"] = ratio(med_(f"engine_{m_}", key), med_(f"fused_{m_}", key))
+            for v in ("cblas", "npdot"):
+                out[f"{m_}_engine_over_fused_{v}"] = ratio(med_(f"engine_{m_}", key), med_(f"fused_{v}_{m_}", key))
+            out[f"fused_cblas_over_fused_npdot_{m_}"] = ratio(med_(f"fused_cblas_{m_}", key),
+                                                              med_(f"fused_npdot_{m_}", key))
+        return out
+
     ratios = {
-        "tp_engine_over_fused": ratio(med("engine_tp", k45), med("fused_tp", k45)),
-        "bptt_engine_over_fused": ratio(med("engine_bptt", k45), med("fused_bptt", k45)),
+        **engine_vs_fused(med, k45),
         "torch_bptt_over_engine_bptt": ratio(med("torch_nn_rnn_bptt", k45), med("engine_bptt", k45)),
         "tp_engine_over_flop_bound": ratio(med("engine_tp", k45), flop_bound_ms["tp"].get(k45)),
         "tp_engine_L200_over_L100": ratio(med("engine_tp", "L200_H128"), med("engine_tp", "L100_H128")),
-        # the same comparisons for the fused reference (always available)
+        # the same comparisons for the fused reference (always available; faster variant)
         "torch_bptt_over_fused_bptt": ratio(med("torch_nn_rnn_bptt", k45), med("fused_bptt", k45)),
         "torch_cell_bptt_over_fused_bptt": ratio(med("torch_cell_loop_bptt", k45), med("fused_bptt", k45)),
         "fused_tp_over_fused_bptt": ratio(med("fused_tp", k45), med("fused_bptt", k45)),
@@ -546,28 +631,25 @@ def main(argv=None):
     # The same key ratios from the fastest sample of each implementation: on a
     # machine shared with other jobs the noise only adds time, so the minimum
     # is the steadier estimate of the uncontended ratio.
-    def mn(name, key):
-        e = raw.get(name, {}).get(key)
-        return None if e is None else e["min_ms"]
-
     ratios_of_min = {
-        "tp_engine_over_fused": ratio(mn("engine_tp", k45), mn("fused_tp", k45)),
-        "bptt_engine_over_fused": ratio(mn("engine_bptt", k45), mn("fused_bptt", k45)),
+        **engine_vs_fused(mn, k45),
         "torch_bptt_over_engine_bptt": ratio(mn("torch_nn_rnn_bptt", k45), mn("engine_bptt", k45)),
         "torch_bptt_over_fused_bptt": ratio(mn("torch_nn_rnn_bptt", k45), mn("fused_bptt", k45)),
         "tp_engine_L200_over_L100": ratio(mn("engine_tp", "L200_H128"), mn("engine_tp", "L100_H128")),
         "fused_tp_L200_over_L100": ratio(mn("fused_tp", "L200_H128"), mn("fused_tp", "L100_H128")),
     }
     per_shape = {}
-    for key in medians.get("fused_tp", {}):
+    for key in flops["tp"]:
         per_shape[key] = {
-            "tp_engine_over_fused": ratio(med("engine_tp", key), med("fused_tp", key)),
-            "bptt_engine_over_fused": ratio(med("engine_bptt", key), med("fused_bptt", key)),
+            **engine_vs_fused(med, key),
+            "fused_faster_tp": faster("tp", key),
+            "fused_faster_bptt": faster("bptt", key),
             "torch_bptt_over_engine_bptt": ratio(med("torch_nn_rnn_bptt", key), med("engine_bptt", key)),
             "torch_bptt_over_fused_bptt": ratio(med("torch_nn_rnn_bptt", key), med("fused_bptt", key)),
             "tp_engine_over_flop_bound": ratio(med("engine_tp", key), flop_bound_ms["tp"][key]),
             "fused_tp_over_flop_bound": ratio(med("fused_tp", key), flop_bound_ms["tp"][key]),
         }
+    fused_faster = {m_: {key: faster(m_, key) for key in flops[m_]} for m_ in ("tp", "bptt")}
 
     versions = {"numpy": np.__version__, "numba": numba.__version__, "python": platform.python_version()}
     try:
@@ -586,6 +668,13 @@ def main(argv=None):
                    "noise_sigma": SIGMA, "lengths": lengths, "hiddens": hiddens, "repeats": repeats,
                    "target_sample_s": target_s, "blas_threads": 1, "torch_threads": 1 if torch else None},
         "engine_skipped": None if eng_ok else eng_why,
+        "engine_blas": engine_blas_used,
+        "fused_variants": {v: ("NumPy's OpenBLAS cblas_sgemm via tpgraph.kernels.blas.mm" if b == "cblas"
+                               else "np.dot inside Numba (SciPy's OpenBLAS)") for v, b in fused_variants.items()},
+        "fused_cblas_skipped": fused_cblas_skipped,
+        "fused_reference_for_ratios": "the faster fused variant (cblas or np.dot) at each shape, by median "
+                                      "(ratios_of_min: by fastest sample)",
+        "fused_faster": fused_faster,
         "torch_skipped": None if torch is not None else torch_why,
         "errors": errors,
         "medians_ms": medians,
@@ -613,8 +702,15 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))
-    print(report(result))
+    text = report(result)
+    print(text)
     log(f"[bench] wrote {out} ({result['bench_wall_s']:.0f} s)")
+    if args.markdown:
+        md = Path(args.markdown)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+        md.write_text(markdown_header(result, command, shown) + "\n" + text + "\n")
+        log(f"[bench] wrote {md}")
     return result
 
 
@@ -626,7 +722,8 @@ def report(r):
     keys = [f"L{L}_H{H}" for H in r["config"]["hiddens"] for L in r["config"]["lengths"]]
     label = {
         "engine_tp": "tpgraph engine, TP", "engine_bptt": "tpgraph engine, BPTT",
-        "fused_tp": "fused Numba, TP", "fused_bptt": "fused Numba, BPTT",
+        "fused_cblas_tp": "fused (cblas), TP", "fused_npdot_tp": "fused (np.dot), TP",
+        "fused_cblas_bptt": "fused (cblas), BPTT", "fused_npdot_bptt": "fused (np.dot), BPTT",
         "torch_nn_rnn_bptt": "PyTorch nn.RNN + autograd, BPTT",
         "torch_cell_loop_bptt": "PyTorch addmm/tanh loop + autograd, BPTT",
     }
@@ -655,13 +752,30 @@ def report(r):
     if r["torch_skipped"]:
         lines.append("")
         lines.append(f"Torch columns skipped: {r['torch_skipped']}")
+    if r.get("fused_cblas_skipped"):
+        lines.append("")
+        lines.append(f"Fused (cblas) rows skipped: {r['fused_cblas_skipped']}")
+    lines.append("")
+    ff = r.get("fused_faster", {})
+    faster = "; ".join(f"{m_.upper()}: " + ", ".join(f"{k.replace('_', ' ')} {v or '—'}"
+                                                      for k, v in ff.get(m_, {}).items())
+                       for m_ in ("tp", "bptt"))
+    lines.append("fused (cblas): every product of the fused step through NumPy's OpenBLAS (`cblas_sgemm`, as "
+                 "the engine's scans); fused (np.dot): `np.dot` inside Numba (SciPy's OpenBLAS). "
+                 f"Faster fused variant per shape (by median): {faster}.")
     lines.append("")
     lines.append("### Ratios at L=45, H=128 (ratio of medians; < 1 means the numerator is faster)")
+    lines.append("")
+    lines.append("`fused` without a suffix is the faster fused variant at that shape (cblas or np.dot); "
+                 "`_fused_cblas` / `_fused_npdot` are the ratios against each variant.")
     lines.append("")
     lines.append("| ratio | value | from the fastest samples |")
     lines.append("|---|---|---|")
     rm = r.get("ratios_of_min_L45_H128", {})
-    for k in ("tp_engine_over_fused", "bptt_engine_over_fused", "torch_bptt_over_engine_bptt",
+    for k in ("tp_engine_over_fused", "tp_engine_over_fused_cblas", "tp_engine_over_fused_npdot",
+              "bptt_engine_over_fused", "bptt_engine_over_fused_cblas", "bptt_engine_over_fused_npdot",
+              "fused_cblas_over_fused_npdot_tp", "fused_cblas_over_fused_npdot_bptt",
+              "torch_bptt_over_engine_bptt",
               "tp_engine_over_flop_bound", "tp_engine_L200_over_L100", "engine_tp_over_engine_bptt",
               "torch_bptt_over_fused_bptt", "torch_cell_bptt_over_fused_bptt", "fused_tp_over_fused_bptt",
               "fused_tp_over_flop_bound", "fused_bptt_over_flop_bound", "fused_tp_L200_over_L100"):
@@ -690,6 +804,45 @@ def report(r):
         lines.append("Peak RSS (MB, getrusage ru_maxrss), 20 steps at L=200, H=128: " + "; ".join(
             f"{k} {v['maxrss_mb']:.0f}" if "maxrss_mb" in v else f"{k} error: {v.get('error')}"
             for k, v in r["peak_rss_L200_H128_20steps"].items()))
+    return "\n".join(lines)
+
+
+def markdown_header(r, command, json_path):
+    """The provenance block written above the report by ``--markdown``."""
+    m, v, b = r["machine"], r["versions"], r["blas"]
+    yes = lambda f: "yes" if f else "no"  # noqa: E731
+    env = r["env_found"]
+    libs = b.get("openblas_libraries") or []
+    use = {"numpy": "NumPy, the engine's scans (cblas), fused (cblas)",
+           "scipy": "`np.dot` inside Numba: fused (np.dot), the engine if it runs on np.dot",
+           "torch": "PyTorch"}
+    blas_lines = [f"  * {lib['owner']}: `{Path(lib['path']).name}`, kernel **{lib['core'] or '?'}**"
+                  + (f" ({lib['config']})" if lib.get("config") else "")
+                  + (f" -- used by {use[lib['owner']]}" if lib["owner"] in use else "")
+                  for lib in libs]
+    eng = sorted(set(r.get("engine_blas", {}).values()))
+    lines = [
+        f"<!-- written by benchmarks/bench.py --markdown; raw results in {json_path} -->",
+        "",
+        f"* Command: `{command}`",
+        f"* Date: {r['date']} ({r['mode']} run, {r['bench_wall_s']:.0f} s)",
+        f"* Machine: {m['cpu_model']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable); "
+        f"AVX2 {yes(m['avx2'])}, AVX-512 {yes(m['avx512f'])}, FMA {yes(m['fma'])}; {m['platform']}",
+        f"* Versions: Python {v.get('python')}, NumPy {v.get('numpy')}, Numba {v.get('numba')}, "
+        f"SciPy {v.get('scipy', 'not installed')}, PyTorch {v.get('torch') or 'not installed'}",
+        "* OpenBLAS environment as found: " + ", ".join(
+            f"{k}={env.get(k) if env.get(k) is not None else '(unset)'}"
+            for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                      "TPGRAPH_BLAS"))
+        + "; set by the benchmark: " + ", ".join(f"{k}={val}" for k, val in r["env_set"].items())
+        + (", torch threads 1" if r["config"].get("torch_threads") else ""),
+        "* BLAS kernels in use (`openblas_get_corename`):" + ("" if blas_lines else " not found"),
+        *blas_lines,
+        f"* Engine products: {', '.join(eng) if eng else 'engine not measured'}; fused reference: "
+        + ", ".join(f"{k} = {d}" for k, d in r["fused_variants"].items())
+        + "; engine/fused ratios are against the faster fused variant at each shape",
+        "",
+    ]
     return "\n".join(lines)
 
 

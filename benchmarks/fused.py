@@ -15,7 +15,23 @@ everything without a sequential dependency is one BLAS product over all
 the hot loops use contiguous transposed weight copies, and float32 uses a
 vectorisable rational tanh (float64 uses exact ``np.tanh`` so gradients can
 be checked by finite differences). All gradients of a batch are computed
-before any parameter changes. Nothing here depends on tpgraph.
+before any parameter changes.
+
+Matrix products (all of them: the per-time-step recurrent products and the
+batched ones) go through one of two BLAS paths, chosen by the last argument
+``gemm`` of the step functions (each step is still one compiled function;
+Numba specialises it on the argument's type):
+
+* ``gemm`` a ctypes ``cblas_?gemm`` of NumPy's own OpenBLAS (from
+  ``tpgraph.kernels.blas.gemm_for``, the same binding the engine's scans use),
+  called through ``tpgraph.kernels.blas.mm`` -- ``FusedSRN(blas="cblas")``,
+  the default where that BLAS is found;
+* ``gemm`` None: ``np.dot`` inside Numba, which calls SciPy's OpenBLAS
+  (slower for the small recurrent products on the machines measured) --
+  ``FusedSRN(blas="numba")``.
+
+That binding is the only thing taken from tpgraph; without tpgraph only the
+``np.dot`` path exists.
 
 Mathematics (row vectors over the batch, paper orientation of parameters):
 ``h_t = tanh(W_xh[:, x_t].T + b_h + h_{t-1} @ W_h.T)``,
@@ -25,7 +41,18 @@ See ``benchmarks/README.md``.
 
 import numpy as np
 from numba import njit, types
+from numba.core.errors import TypingError
 from numba.extending import overload
+
+try:  # NumPy's own OpenBLAS, bound exactly as the engine binds it
+    from tpgraph.kernels.blas import NO_TRANS, ROW_MAJOR, gemm_for, mm
+except Exception:  # noqa: BLE001 -- tpgraph not importable (or broken): np.dot only
+    ROW_MAJOR, NO_TRANS, mm = np.int32(101), np.int32(111), None
+
+    def gemm_for(dtype):
+        return None
+
+TRANS = np.int32(112)  # CblasTrans
 
 # ----------------------------------------------------------------------------
 # Fast tanh (float32): tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= _CLAMP, clamped
@@ -128,17 +155,59 @@ def _act_sum(a, b, out):
         of[i] = act(af[i] + bf[i])
 
 
-@njit(cache=True, error_model="numpy")
-def _mm(a, b, out):
-    """out = a @ b through BLAS (``np.dot`` in Numba calls SciPy's OpenBLAS).
-    One call site per operand layout keeps compile time down."""
-    np.dot(a, b, out)
+def _mm(gemm, a, b, out, one, zero):
+    """``out = a @ b`` (2-D, C-contiguous): through ``mm(gemm, ...)`` (NumPy's
+    OpenBLAS) when ``gemm`` is a cblas_?gemm, through ``np.dot`` (SciPy's
+    OpenBLAS) when it is None. ``one``/``zero``: scalars of the array dtype.
+    Only callable from compiled code (the overload below picks the path at
+    compile time)."""
+    raise NotImplementedError("_mm is only callable from Numba-compiled code")
 
 
-@njit(cache=True, error_model="numpy")
-def _mm_tn(a, b, out):
-    """out = a.T @ b (a, b C-contiguous; BLAS transposes, no copy)."""
-    np.dot(a.T, b, out)
+def _mm_tn(gemm, a, b, out, one, zero):
+    """``out = a.T @ b`` (a, b C-contiguous; BLAS transposes, no copy); paths
+    as :func:`_mm`."""
+    raise NotImplementedError("_mm_tn is only callable from Numba-compiled code")
+
+
+def _check_c(*arrays):
+    for t in arrays:
+        if not (isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C"):
+            raise TypingError(f"the cblas product needs C-contiguous 2-D arrays, got {t}")
+
+
+@overload(_mm, jit_options={"error_model": "numpy"})
+def _mm_overload(gemm, a, b, out, one, zero):
+    if isinstance(gemm, (types.NoneType, types.Omitted)):
+        def impl_dot(gemm, a, b, out, one, zero):
+            np.dot(a, b, out)
+
+        return impl_dot
+    _check_c(a, b, out)
+
+    def impl_cblas(gemm, a, b, out, one, zero):
+        mm(gemm, a, b, out, one, zero)
+
+    return impl_cblas
+
+
+@overload(_mm_tn, jit_options={"error_model": "numpy"})
+def _mm_tn_overload(gemm, a, b, out, one, zero):
+    if isinstance(gemm, (types.NoneType, types.Omitted)):
+        def impl_dot(gemm, a, b, out, one, zero):
+            np.dot(a.T, b, out)
+
+        return impl_dot
+    _check_c(a, b, out)
+
+    def impl_cblas(gemm, a, b, out, one, zero):
+        # a is [k, m] row-major: op(A) = A^T is m x k with lda = m
+        k, m = a.shape
+        n = b.shape[1]
+        gemm(ROW_MAJOR, TRANS, NO_TRANS, m, n, k, one, a.ctypes.data, m, b.ctypes.data, n, zero,
+             out.ctypes.data, n)
+
+    return impl_cblas
 
 
 @njit(cache=True, error_model="numpy")
@@ -183,7 +252,7 @@ def _adam(p, g, m, v, b1, c1, b2, c2, step, eps):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp):
+def _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp, gemm, one, zero):
     """Forward pass, softmax and the loss. Leaves h_0..h_L in ``hs``
     [L+1,B,H], input pre-activations ``a_t`` in ``A`` [L,B,H] and
     probabilities in ``P`` [L,B,n_out]; returns sum_t sum_b CE (log-sum-exp
@@ -205,12 +274,12 @@ def _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp):
     tmp[:] = 0  # h_0 = 0: no product at t = 1
     for t in range(L):
         if t > 0:
-            _mm(hs[t], WhT, tmp)
+            _mm(gemm, hs[t], WhT, tmp, one, zero)
         _act_sum(A[t], tmp, hs[t + 1])
     # output layer over all L*B rows at once
     Hall = hs[1:].reshape(L * B, H)
     P2 = P.reshape(L * B, n_out)
-    _mm(Hall, WhyT, P2)
+    _mm(gemm, Hall, WhyT, P2, one, zero)
     nll = 0.0
     for r in range(L * B):
         z = P2[r]
@@ -233,7 +302,7 @@ def _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp):
 
 
 @njit(cache=True, error_model="numpy")
-def _output_grads(y, Why, hs, P, scale, gWhy, gby, dH):
+def _output_grads(y, Why, hs, P, scale, gWhy, gby, dH, gemm, one, zero):
     """dz = (p - onehot(y)) * scale in place in P (scale = 1/B); output layer
     gradients dW_hy = sum dz_t.T @ h_t, db_y; dH = dz @ W_hy [L,B,H]."""
     L, B = y.shape
@@ -247,20 +316,20 @@ def _output_grads(y, Why, hs, P, scale, gWhy, gby, dH):
             for k in range(n_out):
                 P2[r, k] *= scale
     Hall = hs[1:].reshape(L * B, H)
-    _mm_tn(P2, Hall, gWhy)
+    _mm_tn(gemm, P2, Hall, gWhy, one, zero)
     _colsum_into(P2, gby)
-    _mm(P2, Why, dH.reshape(L * B, H))
+    _mm(gemm, P2, Why, dH.reshape(L * B, H), one, zero)
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_input_grads(x, hs, dA, gWh, gbh, gWxh, gWxhT):
+def _forward_input_grads(x, hs, dA, gWh, gbh, gWxh, gWxhT, gemm, one, zero):
     """From pre-activation gradients ``dA`` [L,B,H] (BPTT's da_t, TP's
     delta_t): dW_h = sum dA_t.T @ h_{t-1}, db_h, dW_xh (scatter-add)."""
     L, B = x.shape
     H = hs.shape[2]
     dA2 = dA.reshape(L * B, H)
     Hprev = hs[:-1].reshape(L * B, H)
-    _mm_tn(dA2, Hprev, gWh)
+    _mm_tn(gemm, dA2, Hprev, gWh, one, zero)
     _colsum_into(dA2, gbh)
     gWxhT[:] = 0
     for t in range(L):
@@ -275,17 +344,19 @@ def _forward_input_grads(x, hs, dA, gWh, gbh, gWxh, gWxhT):
 # The two step kernels
 # ----------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def fused_bptt_step(x, y, params, grads, m, v, scratch, hyper, update):
+def fused_bptt_step(x, y, params, grads, m, v, scratch, hyper, update, gemm):
     """One BPTT training step. Returns the loss sum_t mean_b CE(p_t, y_t).
 
     x, y: int64 [L,B]. params, grads, m, v: tuples
     (W_xh, W_h, b_h, W_hy, b_y, V_h, c_h) (the last two unused here).
     scratch: tuple made by :class:`FusedSRN` (see ``_alloc_scratch``).
     hyper: dtype array [b1, 1-b1, b2, 1-b2, step_f, eps_f, step_g, eps_g,
-    step_y, eps_y, alpha, sigma, 1/B, 1] (bias-corrected Adam step sizes per
-    group; BPTT uses the forward group's for W_xh/W_h/b_h and the output
+    step_y, eps_y, alpha, sigma, 1/B, 1, 0] (bias-corrected Adam step sizes
+    per group; BPTT uses the forward group's for W_xh/W_h/b_h and the output
     group's for W_hy/b_y). update: False leaves parameters untouched (the
-    gradients are still written to ``grads``).
+    gradients are still written to ``grads``). gemm: the cblas_?gemm of
+    NumPy's OpenBLAS for the products, or None for ``np.dot`` (see the module
+    docstring).
     """
     Wxh, Wh, bh, Why, by = params[0], params[1], params[2], params[3], params[4]
     gWxh, gWh, gbh, gWhy, gby = grads[0], grads[1], grads[2], grads[3], grads[4]
@@ -293,17 +364,17 @@ def fused_bptt_step(x, y, params, grads, m, v, scratch, hyper, update):
      WxhT, WhT, WhyT, VhT, gWxhT, noise) = scratch
     L, B = x.shape
     H = Wh.shape[0]
-    one = hyper[13]
+    one, zero = hyper[13], hyper[14]
 
-    nll = _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp)
-    _output_grads(y, Why, hs, P, hyper[12], gWhy, gby, dH)
+    nll = _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp, gemm, one, zero)
+    _output_grads(y, Why, hs, P, hyper[12], gWhy, gby, dH, gemm, one, zero)
 
     # backward scan: da_t = (dH_t + da_{t+1} @ W_h) * (1 - h_t^2), in place
     for t in range(L - 1, -1, -1):
         ht = hs[t + 1]
         dt = dH[t]
         if t < L - 1:
-            _mm(dH[t + 1], Wh, tmp)
+            _mm(gemm, dH[t + 1], Wh, tmp, one, zero)
             for b in range(B):
                 for j in range(H):
                     h = ht[b, j]
@@ -313,7 +384,7 @@ def fused_bptt_step(x, y, params, grads, m, v, scratch, hyper, update):
                 for j in range(H):
                     h = ht[b, j]
                     dt[b, j] = dt[b, j] * (one - h * h)
-    _forward_input_grads(x, hs, dH, gWh, gbh, gWxh, gWxhT)
+    _forward_input_grads(x, hs, dH, gWh, gbh, gWxh, gWxhT, gemm, one, zero)
 
     if update:
         b1, c1, b2, c2 = hyper[0], hyper[1], hyper[2], hyper[3]
@@ -327,7 +398,7 @@ def fused_bptt_step(x, y, params, grads, m, v, scratch, hyper, update):
 
 
 @njit(cache=True, error_model="numpy")
-def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
+def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update, gemm):
     """One target-propagation training step (arguments as
     :func:`fused_bptt_step`). Returns the loss sum_t mean_b CE(p_t, y_t).
 
@@ -344,10 +415,10 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
     H = Wh.shape[0]
     alpha = hyper[10]
     sigma = hyper[11]
-    one = hyper[13]
+    one, zero = hyper[13], hyper[14]
 
-    nll = _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp)
-    _output_grads(y, Why, hs, P, hyper[12], gWhy, gby, dH)
+    nll = _forward(x, y, Wxh, Wh, bh, Why, by, WxhT, WhT, WhyT, hs, A, P, tmp, gemm, one, zero)
+    _output_grads(y, Why, hs, P, hyper[12], gWhy, gby, dH, gemm, one, zero)
     # dH now holds dz_t @ W_hy; the step displacement is e_t = -alpha * dH_t.
 
     # og_t = W_xh[:, x_t].T + c_h ; Gf_t = tanh(h_t @ V_h.T + og_t), batched
@@ -359,7 +430,7 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
                 OG[t, b, j] = row[j] + ch[j]
     Hall = hs[1:].reshape(L * B, H)
     G2 = G.reshape(L * B, H)
-    _mm(Hall, VhT, G2)
+    _mm(gemm, Hall, VhT, G2, one, zero)
     _act_sum(G2, OG.reshape(L * B, H), G2)
 
     # displacements, linear merge through the inverse (a backward scan)
@@ -373,7 +444,7 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
         for b in range(B):
             for j in range(H):
                 tmp2[b, j] = ht[b, j] + Dt[b, j]
-        _mm(tmp2, VhT, tmp)
+        _mm(gemm, tmp2, VhT, tmp, one, zero)
         _act_sum(tmp, OG[t], tmp)
         Gt = G[t]
         Dn = D[t - 1]
@@ -389,7 +460,7 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
             for j in range(H):
                 h = ht[b, j]
                 dH[t, b, j] = -D[t, b, j] * (one - h * h)
-    _forward_input_grads(x, hs, dH, gWh, gbh, gWxh, gWxhT)
+    _forward_input_grads(x, hs, dH, gWh, gbh, gWxh, gWxhT, gemm, one, zero)
 
     # inverse training (reconstruction of h_{t-1}); residual grads into R
     Hprev = hs[:-1].reshape(L * B, H)
@@ -401,7 +472,7 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
                 for j in range(H):
                     g = G[t, b, j]
                     R[t, b, j] = (g - hp[b, j]) * (one - g * g)
-        _mm_tn(R2, Hall, gVh)
+        _mm_tn(gemm, R2, Hall, gVh, one, zero)
     else:
         # hn = h_{t-1} + sigma*noise (into noise); fn = tanh(a_t + hn @ W_h.T)
         # (into A); Gn = tanh(fn @ V_h.T + og_t) (into G)
@@ -410,15 +481,15 @@ def fused_tp_step(x, y, params, grads, m, v, scratch, hyper, update):
             for j in range(H):
                 N2[r, j] = Hprev[r, j] + sigma * N2[r, j]
         A2 = A.reshape(L * B, H)
-        _mm(N2, WhT, R2)
+        _mm(gemm, N2, WhT, R2, one, zero)
         _act_sum(A2, R2, A2)
-        _mm(A2, VhT, G2)
+        _mm(gemm, A2, VhT, G2, one, zero)
         _act_sum(G2, OG.reshape(L * B, H), G2)
         for r in range(L * B):
             for j in range(H):
                 g = G2[r, j]
                 R2[r, j] = (g - N2[r, j]) * (one - g * g)
-        _mm_tn(R2, A2, gVh)
+        _mm_tn(gemm, R2, A2, gVh, one, zero)
     _colsum_into(R2, gch)
 
     if update:
@@ -450,7 +521,7 @@ class FusedSRN:
     """The paper's SRN with hand-fused BPTT and TP training steps.
 
     ``FusedSRN(n_in, H, n_out, B, L, dtype=np.float32, seed=0, alpha=0.1,
-    lr_f=1e-3, lr_g=1e-3, lr_y=1e-3, lr=1e-3, sigma=0.0)``
+    lr_f=1e-3, lr_g=1e-3, lr_y=1e-3, lr=1e-3, sigma=0.0, blas=None)``
 
     * ``bptt_step(x, y)`` / ``tp_step(x, y, noise=None)``: one training step
       on int arrays x, y of shape [L,B] (time-major); returns the loss
@@ -468,14 +539,30 @@ class FusedSRN:
     shapes reallocate on first use. With ``sigma > 0`` the inverse is trained
     on noisy states; the noise is drawn from this object's generator unless
     passed in (``noise`` [L,B,H] standard normal).
+
+    ``blas``: "cblas" -- every matrix product through NumPy's own OpenBLAS
+    (``tpgraph.kernels.blas``, as the engine's scans); "numba" -- through
+    ``np.dot`` inside Numba (SciPy's OpenBLAS). None (default): "cblas" where
+    ``gemm_for(dtype)`` finds that BLAS, else "numba". Asking for "cblas"
+    where it is not found raises ValueError. The chosen path is ``self.blas``.
     """
 
     B1, B2, EPS = 0.9, 0.999, 1e-8
 
     def __init__(self, n_in, H, n_out, B, L, dtype=np.float32, seed=0, alpha=0.1,
-                 lr_f=1e-3, lr_g=1e-3, lr_y=1e-3, lr=1e-3, sigma=0.0):
+                 lr_f=1e-3, lr_g=1e-3, lr_y=1e-3, lr=1e-3, sigma=0.0, blas=None):
         self.n_in, self.H, self.n_out = n_in, H, n_out
         self.dtype = np.dtype(dtype)
+        gemm = gemm_for(self.dtype)
+        if blas is None:
+            blas = "cblas" if gemm is not None else "numba"
+        if blas not in ("cblas", "numba"):
+            raise ValueError(f"blas must be 'cblas', 'numba' or None, got {blas!r}")
+        if blas == "cblas" and gemm is None:
+            raise ValueError("blas='cblas': NumPy's OpenBLAS cblas_?gemm was not found "
+                             "(or TPGRAPH_BLAS=numba is set); use blas='numba'")
+        self.blas = blas
+        self._gemm = gemm if blas == "cblas" else None
         self.alpha, self.sigma = float(alpha), float(sigma)
         self.lr_f, self.lr_g, self.lr_y, self.lr = lr_f, lr_g, lr_y, lr
         self.rng = np.random.default_rng(seed)
@@ -491,7 +578,7 @@ class FusedSRN:
         self._m = tuple(np.zeros_like(a) for a in self._p)
         self._v = tuple(np.zeros_like(a) for a in self._p)
         self._t = [0, 0, 0]  # Adam step counts: forward, inverse, output group
-        self._hyper = np.zeros(14, dt)
+        self._hyper = np.zeros(15, dt)
         self._shape = None
         self._alloc(L, B)
 
@@ -542,7 +629,7 @@ class FusedSRN:
             c2 = np.sqrt(1 - b2 ** tt)
             h[4 + 2 * k] = lrs[k] * c2 / (1 - b1 ** tt)
             h[5 + 2 * k] = eps * c2
-        h[10], h[11], h[12], h[13] = self.alpha, self.sigma, 1.0 / x.shape[1], 1.0
+        h[10], h[11], h[12], h[13], h[14] = self.alpha, self.sigma, 1.0 / x.shape[1], 1.0, 0.0
         return x, y
 
     def _fill_noise(self, noise):
@@ -557,25 +644,25 @@ class FusedSRN:
     def bptt_step(self, x, y):
         x, y = self._prepare(x, y, "bptt", True)
         return fused_bptt_step(x, y, self._p, self._g, self._m, self._v,
-                               self._scratch, self._hyper, True)
+                               self._scratch, self._hyper, True, self._gemm)
 
     def tp_step(self, x, y, noise=None):
         x, y = self._prepare(x, y, "tp", True)
         self._fill_noise(noise)
         return fused_tp_step(x, y, self._p, self._g, self._m, self._v,
-                             self._scratch, self._hyper, True)
+                             self._scratch, self._hyper, True, self._gemm)
 
     def bptt_grads(self, x, y):
         x, y = self._prepare(x, y, "bptt", False)
         loss = fused_bptt_step(x, y, self._p, self._g, self._m, self._v,
-                               self._scratch, self._hyper, False)
+                               self._scratch, self._hyper, False, self._gemm)
         return loss, {k: g.copy() for k, g in zip(PARAM_NAMES[:5], self._g[:5])}
 
     def tp_grads(self, x, y, noise=None):
         x, y = self._prepare(x, y, "tp", False)
         self._fill_noise(noise)
         loss = fused_tp_step(x, y, self._p, self._g, self._m, self._v,
-                             self._scratch, self._hyper, False)
+                             self._scratch, self._hyper, False, self._gemm)
         grads = {k: g.copy() for k, g in zip(PARAM_NAMES, self._g)}
         grads["D"] = self._scratch[4].copy()
         return loss, grads

@@ -3,7 +3,13 @@
 (a) fused BPTT gradients == central finite differences of the loss (float64);
 (b) fused TP displacements, gradients and Adam updates == a plain-NumPy
     transcription of the TP equations (loop over t), for sigma = 0 and > 0;
-(c) the float32 fast tanh is within 5e-7 of np.tanh on [-20, 20].
+(c) the float32 fast tanh is within 5e-7 of np.tanh on [-20, 20];
+(d) the two BLAS paths of the steps (blas="cblas": NumPy's OpenBLAS through
+    tpgraph.kernels.blas.mm; blas="numba": np.dot inside Numba) give the same
+    losses, gradients, displacements and Adam updates.
+
+(a) and (b) run the default path (cblas where NumPy's OpenBLAS is found), so
+with (d) both paths are checked against the references.
 """
 
 import sys
@@ -202,3 +208,51 @@ def test_fast_tanh_float32_accuracy():
     o64 = np.empty_like(x64)
     fused.act_array(x64, o64)
     np.testing.assert_allclose(o64, np.tanh(x64), rtol=0, atol=4e-16)
+
+
+# -- (d) cblas path == np.dot path ---------------------------------------------------
+needs_cblas = pytest.mark.skipif(fused.gemm_for(np.float64) is None,
+                                 reason="NumPy's OpenBLAS cblas_dgemm not found (or TPGRAPH_BLAS=numba)")
+
+
+def test_blas_option():
+    m = fused.FusedSRN(N_IN, H, N_OUT, B, L, np.float64)
+    assert m.blas == ("cblas" if fused.gemm_for(np.float64) is not None else "numba")
+    assert fused.FusedSRN(N_IN, H, N_OUT, B, L, np.float64, blas="numba").blas == "numba"
+    with pytest.raises(ValueError, match="blas"):
+        fused.FusedSRN(N_IN, H, N_OUT, B, L, np.float64, blas="mkl")
+
+
+@needs_cblas
+def test_cblas_path_equals_np_dot_path():
+    """float64 (the dtype the other tests compile, so only the np.dot variants
+    are compiled in addition): TP with sigma = 0 and > 0 (every product of the
+    TP step, the noisy branch included) and BPTT, gradients then three
+    training steps."""
+    x, y = _data(5)
+    noise = np.random.default_rng(6).standard_normal((L, B, H))
+    tol = dict(rtol=1e-10, atol=1e-13)
+    for sigma in (0.0, 0.3):
+        cb, nd = (_model(alpha=0.7, sigma=sigma, lr_f=0.01, lr_g=0.02, lr_y=0.03, blas=b)
+                  for b in ("cblas", "numba"))
+        assert (cb.blas, nd.blas) == ("cblas", "numba")
+        lc, gc = cb.tp_grads(x, y, noise=noise)
+        ln, gn = nd.tp_grads(x, y, noise=noise)
+        assert lc == pytest.approx(ln, rel=1e-12)
+        for k in gn:
+            assert np.abs(gn[k]).max() > 0, k
+            np.testing.assert_allclose(gc[k], gn[k], **tol, err_msg=f"sigma={sigma} {k}")
+        for _ in range(3):
+            assert cb.tp_step(x, y, noise=noise) == pytest.approx(nd.tp_step(x, y, noise=noise), rel=1e-12)
+        for k, v in nd.params.items():
+            np.testing.assert_allclose(cb.params[k], v, **tol, err_msg=f"sigma={sigma} {k}")
+    cb, nd = (_model(lr=0.01, blas=b) for b in ("cblas", "numba"))
+    lc, gc = cb.bptt_grads(x, y)
+    ln, gn = nd.bptt_grads(x, y)
+    assert lc == pytest.approx(ln, rel=1e-12)
+    for k in gn:
+        np.testing.assert_allclose(gc[k], gn[k], **tol, err_msg=k)
+    for _ in range(3):
+        assert cb.bptt_step(x, y) == pytest.approx(nd.bptt_step(x, y), rel=1e-12)
+    for k, v in nd.params.items():
+        np.testing.assert_allclose(cb.params[k], v, **tol, err_msg=k)
