@@ -59,6 +59,7 @@ class StackBuffers:
             self.delta = np.zeros((m, B, n), dtype=dtype)
             self.delta2 = _2d(self.delta)
             self.z2 = np.zeros((m * B, n), dtype=dtype)  # scratch for multi-input sums
+            self.colsum = np.zeros(n, dtype=dtype)  # bias-gradient scratch of a node without bias
             self.tmp = np.zeros((B, n), dtype=dtype)
             if st.chain:
                 self.a = np.zeros((m, B, n), dtype=dtype)

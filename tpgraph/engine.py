@@ -145,11 +145,12 @@ class Engine:
         self.inv_codes = {(st.id, s.index): act_code(s.inverse.act, dtype, fast_tanh)
                           for st in self.plan.stacks for s in st.slots if s.inverse is not None}
         # contiguous transposed copies of every weight used in a product (refreshed each step)
-        weight_groups = set()
+        weight_groups = set()  # only those some product or gather reads (an unused inverse is not copied)
         for st in self.plan.stacks:
             if isinstance(st.node, Dense):
                 weight_groups.update(st.node.weights)
-                weight_groups.update(i.weight for i in st.node.inverses.values())
+                weight_groups.update(s.inverse.weight for s in st.slots
+                                     if s.inverse is not None and s.rule in ("dtp", "tp"))
         self.wt = {g: np.ascontiguousarray(self.params[g].T) for g in sorted(weight_groups)}
         self.zero_src = {}
         for st in self.plan.stacks:
@@ -185,6 +186,7 @@ class Engine:
         self._data_stacks = [st for st in self.plan.stacks if st.node.is_data]
         self._data_nodes = {v: self.graph.node(v) for st in self._data_stacks for v in st.members}
         self._feed_keys: dict[tuple, bool] = {}  # batch keys already checked against the graph
+        self._d_dirty = [True] * len(self.plan.stacks)  # per stack: displacement not yet written this step
         self._losses = [st for st in self.plan.stacks if st.node.is_loss]
         self._loss_scratch = {}
         self._last = None
@@ -331,10 +333,15 @@ class Engine:
         stacks, bufs = self.plan.stacks, self.buf.stacks
         self._written.clear()
         if update_forward:
+            # displacement buffers start at zero: the first proposal that covers a whole
+            # stack is copied in, any other is added after zeroing (see deliver / ready_d)
+            dirty = self._d_dirty
+            for i in range(len(dirty)):
+                dirty[i] = True
             for st, b in zip(reversed(stacks), reversed(bufs)):
-                if b.d is not None:
+                if b.d is not None and dirty[st.id]:
                     b.d.fill(0)
-            for st, b in zip(reversed(stacks), reversed(bufs)):
+                    dirty[st.id] = False
                 RUNNERS[st.kind].propose(self, st, b)
             for st, b in zip(stacks, bufs):
                 RUNNERS[st.kind].grads(self, st, b)
@@ -351,31 +358,28 @@ class Engine:
         return result
 
     def _apply(self, update_forward: bool, update_inverse: bool) -> None:
-        if self.check_finite:  # refuse before any group moves, so a divergence leaves the parameters whole
-            for g in self._written:
-                if not kd.all_finite(self.grads[g]):
-                    raise DivergenceError(self._diagnose(g), step=self.step_count + 1, quantity=self._culprit)
+        moving = []
         for g in self._written:
-            if g in self.inverse_groups and not update_inverse:
+            if (g in self.inverse_groups and not update_inverse) or (g in self.forward_groups and not update_forward) \
+                    or self.group_options[g]["frozen"]:
                 continue
-            if g in self.forward_groups and not update_forward:
-                continue
-            opts = self.group_options[g]
-            if opts["frozen"]:
-                self.updates[g].fill(0)
-                continue
+            moving.append(g)
+        # first pass: keep each moving group's old value and, before any group moves, refuse a
+        # non-finite gradient (a divergence then leaves the parameters whole)
+        for g in moving:
+            if not kd.snapshot(self.params[g], self.grads[g], self.updates[g]) and self.check_finite:
+                raise DivergenceError(self._diagnose(g), step=self.step_count + 1, quantity=self._culprit)
+        for g in moving:
             p = self.params[g]
             grad = self.grads[g]
-            if opts["scale"] != 1.0:  # keep grads as computed (for inspection); scale a copy
-                grad = np.multiply(grad, opts["scale"], out=self._gtmp[g])
-            upd = self.updates[g]
-            np.copyto(upd, p)
-            self.optimizers[g].step(p, grad)
-            if self.check_finite and not kd.all_finite(p):
+            scale = self.group_options[g]["scale"]
+            if scale != 1.0:  # keep grads as computed (for inspection); scale a copy
+                grad = np.multiply(grad, scale, out=self._gtmp[g])
+            self.optimizers[g].step_trusted(p, grad)
+            if not kd.difference(p, self.updates[g]) and self.check_finite:
                 raise DivergenceError(self._diagnose(g), step=self.step_count + 1, quantity=self._culprit)
-            np.subtract(p, upd, out=upd)
-        for g in self.updates:
-            if g not in self._written:
+        if len(moving) != len(self.updates):
+            for g in set(self.updates) - set(moving):
                 self.updates[g].fill(0)
 
     def _diagnose(self, group: str) -> str:
@@ -414,10 +418,19 @@ class Engine:
     def deliver(self, st, slot, sb) -> None:
         """Add a slot's proposals (displacements) into its sources' displacement buffers."""
         dst = self.buf.stacks[slot.src].d
+        dirty = self._d_dirty
         if isinstance(slot.rows, slice):
-            dst[slot.rows] += sb.p
+            if dirty[slot.src] and slot.rows.stop - slot.rows.start == dst.shape[0]:
+                np.copyto(dst, sb.p)  # first to arrive and covering every member: no zero-fill, no add
+            else:
+                if dirty[slot.src]:
+                    dst.fill(0)
+                dst[slot.rows] += sb.p
         else:
+            if dirty[slot.src]:
+                dst.fill(0)
             kd.scatter_rows_add(dst, slot.rows, sb.p)
+        dirty[slot.src] = False
 
     def finalize_merge(self, st, b, members) -> None:
         """Turn accumulated displacements into merged ones for the given members."""

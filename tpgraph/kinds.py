@@ -187,16 +187,23 @@ class DenseRunner:
                     kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
                 else:
                     kd.scan_inverse(*args)
-        if slot.rule != "gradient" or stop == 1:
+        if slot.rule != "gradient" or not fused:
             mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
+        elif stop == 1:  # the scan stopped before the head: only its delta is missing
+            mul_deriv(b.d[0], b.h[0], code, node.slope, b.delta[0])
         if st.propose_init:
             sid, j = st.init_src
-            eng.buf.stacks[sid].d[j] += sb.p[0]
+            dst = eng.buf.stacks[sid].d
+            if eng._d_dirty[sid]:
+                dst.fill(0)
+                eng._d_dirty[sid] = False
+            dst[j] += sb.p[0]
 
     # ------------------------------------------------------------------ updates
     def grads(self, eng, st, b):
         node = st.node
-        np.negative(b.delta2, out=b.delta2)  # now d(1/2||h - h_hat||^2)/d(pre-activation)
+        # delta becomes d(1/2||h - h_hat||^2)/d(pre-activation); its column sums are the bias gradient
+        kd.negate_colsum(b.delta2, eng.grad_target(node.bias) if node.bias else b.colsum)
         for slot, sb in zip(st.slots, b.slots):
             g = eng.grad_target(slot.weight)
             if slot.src_is_index:
@@ -205,9 +212,6 @@ class DenseRunner:
                 eng.add_grad(slot.weight, b.delta2.T, b.hprev2)
             else:
                 eng.add_grad(slot.weight, b.delta2.T, sb.x2)
-        if node.bias:
-            g = eng.grad_target(node.bias)
-            g += b.delta2.sum(axis=0)
 
     def inverse_grads(self, eng, st, b):
         for slot, sb in zip(st.slots, b.slots):

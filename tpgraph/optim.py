@@ -194,6 +194,19 @@ class Optimizer(abc.ABC):
         self._t += 1
         self._update(param.ravel(), np.ascontiguousarray(grad).ravel(), param.dtype.type)
 
+    def step_trusted(self, param: np.ndarray, grad: np.ndarray) -> None:
+        """:meth:`step` without the argument checks, for a caller that made them once.
+
+        The engine calls this every batch with the same C-contiguous arrays of
+        one dtype and shape; the first call (which allocates the state) and any
+        call with another shape or dtype go through :meth:`step`.
+        """
+        if self._shape != param.shape or self._dtype != param.dtype or len(self._state) != len(self._state_keys):
+            self.step(param, grad)
+            return
+        self._t += 1
+        self._update(param.reshape(-1), grad.reshape(-1), param.dtype.type)
+
     @abc.abstractmethod
     def _update(self, p: np.ndarray, g: np.ndarray, scalar: type) -> None:
         """Apply the rule to flat views; `scalar` converts Python floats to the dtype."""

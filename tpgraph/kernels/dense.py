@@ -189,9 +189,9 @@ def add_noise(x, noise, sigma, out):
 @kernel
 def all_finite(a):
     """True if every entry of ``a`` is finite (no allocation)."""
-    for i in range(a.size):
-        v = a.flat[i]
-        if not np.isfinite(v):
+    flat = a.ravel()
+    for i in range(flat.size):
+        if not np.isfinite(flat[i]):
             return False
     return True
 
@@ -235,3 +235,41 @@ def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, inv_c
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@kernel
+def negate_colsum(delta, colsum):
+    """``delta = -delta`` in place, and ``colsum += sum over rows of the new delta`` (one pass).
+
+    Turns ``D * act'`` into the local loss's gradient at the pre-activation
+    and accumulates the bias gradient at the same time.
+    """
+    rows, cols = delta.shape
+    for r in range(rows):
+        for j in range(cols):
+            v = -delta[r, j]
+            delta[r, j] = v
+            colsum[j] += v
+
+
+@kernel
+def snapshot(param, grad, old):
+    """``old = param`` (flat copy); returns whether every entry of ``grad`` is finite."""
+    p, g, o = param.ravel(), grad.ravel(), old.ravel()  # views: all are C-contiguous
+    bad = 0
+    for i in range(p.size):
+        o[i] = p[i]
+        bad += not np.isfinite(g[i])
+    return bad == 0
+
+
+@kernel
+def difference(param, old):
+    """``old = param - old`` (the update just applied); returns whether ``param`` is finite."""
+    p, o = param.ravel(), old.ravel()  # views: both are C-contiguous
+    bad = 0
+    for i in range(p.size):
+        v = p[i]
+        o[i] = v - o[i]
+        bad += not np.isfinite(v)
+    return bad == 0

@@ -14,6 +14,8 @@ a graph; :class:`SRN` compiles it once per sequence length and trains it.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..engine import Engine
@@ -40,6 +42,7 @@ OUTPUT_GROUPS = ("W_hy", "b_y")
 METHODS = ("tp", "bptt")
 
 
+@functools.lru_cache(maxsize=256)
 def _names(prefix, length, start=1):
     return tuple(f"{prefix}_{t}" for t in range(start, length + 1))
 
@@ -130,6 +133,7 @@ class SRN:
         self._engine_opts = dict(alpha=self.alpha, optimizer=optimizer, lr=lr_f, groups=groups,
                                  fast_tanh=fast_tanh, optimizer_options=optimizer_options, seed=seed)
         self._engines: dict[int, Engine] = {}
+        self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
         first = self.graph(1)  # validates the options, fixes the parameter groups
         self.params = first.init_params(seed)
         self._first: Engine | None = None
@@ -162,7 +166,10 @@ class SRN:
         if inputs.ndim != 2:
             raise DataError(f"inputs must be time-major integers [L, B], got shape {inputs.shape}")
         L, B = inputs.shape
-        batch = {("h_0",): np.zeros((1, B, self.n_hidden), dtype=self.dtype), _names("x", L): inputs}
+        h0 = self._h0.get(B)
+        if h0 is None:
+            h0 = self._h0[B] = np.zeros((1, B, self.n_hidden), dtype=self.dtype)
+        batch = {("h_0",): h0, _names("x", L): inputs}
         if labels is not None:
             labels = np.asarray(labels)
             want = (L, B) if self.many_to_many else (B,)
