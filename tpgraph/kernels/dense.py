@@ -83,11 +83,12 @@ def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
     ``d[k-1] = (d[k-1] + p[k]) * inv_count[k-1]`` (``inv_count`` is 1 for the
     linear merge, ``1/count`` for the mean merge). ``d[start]`` must be final.
     """
+    mul_deriv(d[start], hext[start + 1], code, slope, delta[start])
     for k in range(start, stop - 1, -1):
-        dl = delta[k]
-        mul_deriv(d[k], hext[k + 1], code, slope, dl)
-        np.dot(dl, w, p[k])
-        if k > 0:
+        np.dot(delta[k], w, p[k])
+        if k > stop:  # merge into member k-1 and take its delta in the same pass
+            merge_deriv(d[k - 1], p[k], inv_count[k - 1], hext[k], code, slope, delta[k - 1])
+        elif k > 0:
             _merge_into(d[k - 1], p[k], inv_count[k - 1])
 
 
@@ -113,6 +114,24 @@ def scan_inverse(d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, diff
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@kernel
+def merge_deriv(d, p, scale, h, code, slope, delta):
+    """``d = (d + p) * scale`` then ``delta = d * act'(h)``, in one pass (2-D blocks)."""
+    rows, cols = d.shape
+    if code == TANH or code == TANH_FAST:
+        for r in range(rows):
+            for j in range(cols):
+                v = (d[r, j] + p[r, j]) * scale
+                d[r, j] = v
+                delta[r, j] = v - v * h[r, j] * h[r, j]
+    else:
+        for r in range(rows):
+            for j in range(cols):
+                v = (d[r, j] + p[r, j]) * scale
+                d[r, j] = v
+                delta[r, j] = v * deriv_scalar(h[r, j], code, slope)
 
 
 @kernel
@@ -211,11 +230,12 @@ def scan_forward_cblas(gemm, one, zero, hext, a, bias, wt, code, slope, tmp):
 @kernel
 def scan_gradient_cblas(gemm, one, zero, d, hext, w, code, slope, inv_count, start, stop, p, delta):
     """:func:`scan_gradient` with ``gemm`` for the products."""
+    mul_deriv(d[start], hext[start + 1], code, slope, delta[start])
     for k in range(start, stop - 1, -1):
-        dl = delta[k]
-        mul_deriv(d[k], hext[k + 1], code, slope, dl)
-        mm(gemm, dl, w, p[k], one, zero)
-        if k > 0:
+        mm(gemm, delta[k], w, p[k], one, zero)
+        if k > stop:  # merge into member k-1 and take its delta in the same pass
+            merge_deriv(d[k - 1], p[k], inv_count[k - 1], hext[k], code, slope, delta[k - 1])
+        elif k > 0:
             _merge_into(d[k - 1], p[k], inv_count[k - 1])
 
 
