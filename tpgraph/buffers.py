@@ -76,7 +76,7 @@ class StackBuffers:
         self.slots: list[SlotBuffers] = []
         for slot in st.slots:
             sb = SlotBuffers()
-            src = plan.stacks[slot.src]
+            plan.stacks[slot.src]
             ns = slot.src_size
             if slot.recurrent:
                 sb.x = self.hext[:-1]

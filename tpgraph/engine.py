@@ -504,7 +504,6 @@ class Engine:
     def proposal(self, source: str, consumer: str) -> np.ndarray:
         """The target ``tau`` that edge ``source -> consumer`` proposed for ``source``."""
         st, b, k = self._locate(consumer)
-        node = st.node
         cnode = self.graph.node(consumer)
         if source not in cnode.inputs:
             raise GraphError(f"there is no edge {source!r} -> {consumer!r}")

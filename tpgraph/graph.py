@@ -12,7 +12,7 @@ checks everything before any kernel runs. Every error is a
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import networkx as nx
 import numpy as np

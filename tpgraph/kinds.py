@@ -29,9 +29,6 @@ import numpy as np
 from .kernels import dense as kd
 from .kernels import losses as kl
 from .kernels.activations import bias_activate, add_bias_activate, mul_deriv
-from .merges import get_merge
-from .errors import DivergenceError
-from .plan import act_code
 
 
 class DataRunner:
@@ -114,7 +111,6 @@ class DenseRunner:
         if sb.ready:
             return
         inv = slot.inverse
-        node = st.node
         c = eng.params[inv.bias] if inv.bias else None
         if inv.others == "forward":
             if st.chain and slot.recurrent:

@@ -36,7 +36,7 @@ import numpy as np
 from .graph import Graph
 from .kernels.activations import ACTIVATIONS, TANH, TANH_FAST
 from .merges import BUILTIN
-from .nodes import Add, Dense, IndexInput, Input, Inverse, Node
+from .nodes import Dense, IndexInput, Inverse, Node
 
 
 @dataclass(repr=False)
