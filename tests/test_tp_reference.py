@@ -148,3 +148,41 @@ def test_updates_and_warmup():
     np.testing.assert_allclose(model.params["W_h"] - before["W_h"], -0.1 * eng.grads["W_h"], rtol=1e-10)
     # the output layer follows the plain gradient: its local gradient divided by alpha
     np.testing.assert_allclose(eng.updates["W_hy"], -0.3 / 0.5 * eng.grads["W_hy"], rtol=1e-10)
+
+
+def test_merge_with_context_weights_the_step_target():
+    """A merge that knows its sources: the DTP proposal plus e_t / (t + 1) (NOTES: an earlier variant)."""
+    seen = []
+
+    def weighted(h, proposals, node, sources):
+        seen.append((node, tuple(sources)))
+        t = int(node.split("_")[1])
+        out = h.copy()
+        for tau, src in zip(proposals, sources):
+            w = 1.0 / (t + 1) if src.startswith("y_") else 1.0
+            out += w * (tau - h)
+        return out
+
+    register_merge("weighted_step", weighted, overwrite=True)
+    L, B, H, n_in, n_out, alpha = 5, 3, 4, 4, 3, 0.7
+    eng, P, x, y, _ = run_engine(L, B, H, n_in, n_out, alpha, seed=5, merge="weighted_step")
+    assert ("h_2", ("y_2", "h_3")) in seen or ("h_2", ("h_3", "y_2")) in seen
+    # the reference, written out: hat_L = h_L + e_L/(L+1); hat_{t-1} = DTP(hat_t) + e_{t-1}/t
+    X = np.eye(n_in)[x]
+    Y = np.eye(n_out)[y]
+    h = [np.zeros((B, H))]
+    for t in range(L):
+        h.append(np.tanh(X[t] @ P["W_xh"].T + h[-1] @ P["W_h"].T + P["b_h"]))
+    e = []
+    for t in range(L):
+        z = h[t + 1] @ P["W_hy"].T + P["b_y"]
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        e.append(-alpha * ((p - Y[t]) / B) @ P["W_hy"])
+    hat = [None] * (L + 1)
+    hat[L] = h[L] + e[L - 1] / (L + 1)
+    for t in range(L, 1, -1):
+        prop = tanh_g(hat[t], X[t - 1], P) + h[t - 1] - tanh_g(h[t], X[t - 1], P)
+        hat[t - 1] = prop + e[t - 2] / t
+    for t in range(1, L + 1):
+        np.testing.assert_allclose(eng.target(f"h_{t}"), hat[t], rtol=1e-10, atol=1e-12)

@@ -49,7 +49,7 @@ from .graph import Graph
 from .kernels import dense as kd
 from .kernels.blas import gemm_for
 from .kinds import RUNNERS
-from .merges import get_merge
+from .merges import get_merge, wants_context
 from .nodes import Dense, IndexInput
 from .optim import Optimizer, make_optimizer
 from .params import ParamStore
@@ -444,6 +444,7 @@ class Engine:
                     b.d[k] *= b.inv_count[k]
             return
         fn = get_merge(st.merge)
+        want_node, want_sources = wants_context(fn)
         for k in members:
             incoming = st.incoming[k]
             if not incoming:
@@ -451,7 +452,12 @@ class Engine:
                 continue
             h = b.h[k]
             taus = [h + self.buf.stacks[cs].slots[si].p[ck] for cs, si, ck in incoming]
-            out = np.asarray(fn(h.copy(), taus))
+            context = {}
+            if want_node:
+                context["node"] = st.members[k]
+            if want_sources:
+                context["sources"] = [self.plan.stacks[cs].members[ck] for cs, si, ck in incoming]
+            out = np.asarray(fn(h.copy(), taus, **context))
             if out.shape != h.shape:
                 raise GraphError(f"merge {st.merge!r} returned shape {out.shape} for node {st.members[k]!r}, "
                                  f"expected {h.shape}")

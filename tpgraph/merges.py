@@ -13,11 +13,16 @@ Any function ``f(h, proposals) -> target`` (``h`` is ``[B, n]``,
 ``proposals`` a list of ``[B, n]`` arrays) can be registered by name with
 :func:`register_merge` and named in a graph or node; the engine then calls it
 node by node (slower than the fused built-ins, which is the price of
-generality). A node with no proposal keeps its forward value as target.
+generality). If the function also accepts keyword arguments ``node`` and/or
+``sources``, it receives the name of the node being merged and the names of
+the consumers that sent each proposal (same order), so that a strategy can
+treat credit paths differently (weight a step target against a target from
+the future, say). A node with no proposal keeps its forward value as target.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -40,8 +45,19 @@ def _mean(h, proposals):
     return h + sum((p - h for p in proposals), np.zeros_like(h)) / len(proposals)
 
 
+def wants_context(fn: Callable) -> tuple[bool, bool]:
+    """Whether ``fn`` accepts the keyword arguments ``node`` and ``sources``."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False, False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True, True
+    return "node" in params, "sources" in params
+
+
 def register_merge(name: str, fn: Callable, overwrite: bool = False) -> None:
-    """Register ``fn(h, proposals) -> target`` under ``name``.
+    """Register ``fn(h, proposals[, node=..., sources=...]) -> target`` under ``name``.
 
     Raises :class:`~tpgraph.errors.GraphError` if the name is taken by a
     built-in (or by another function, unless ``overwrite``).
