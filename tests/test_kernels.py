@@ -220,19 +220,18 @@ def test_gather_rows_add_with_duplicate_indices(dtype):
     idx = np.array([3, 0, 3, 3, 1, 0, 2], dtype=np.int64)
     z = rng.normal(size=(idx.size, 6)).astype(dtype)
     want = z + table[idx]
-    kd.gather_rows_add(z, table, idx)
+    kd.gather_rows_add(z, table, idx, True)
     np.testing.assert_allclose(z, want, **tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gather_rows_add_bias_overwrites(dtype):
+def test_gather_rows_without_accumulate_overwrites(dtype):
     rng = np.random.default_rng(11)
     table = rng.normal(size=(5, 3)).astype(dtype)
-    bias = rng.normal(size=3).astype(dtype)
     idx = np.array([4, 4, 0, 2], dtype=np.int64)
     z = np.full((idx.size, 3), 123.0, dtype=dtype)  # garbage that must be overwritten
-    kd.gather_rows_add_bias(z, table, idx, bias)
-    np.testing.assert_allclose(z, table[idx] + bias, **tol(dtype))
+    kd.gather_rows_add(z, table, idx, False)
+    np.testing.assert_allclose(z, table[idx], **tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

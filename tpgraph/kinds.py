@@ -64,10 +64,7 @@ def _accumulate(eng, st, b, exclude, out2, weights_t):
             continue
         wt = weights_t[slot.weight]
         if slot.src_is_index:
-            if first:
-                kd.gather_rows_add_bias(out2, wt, sb.x1, b.zero_bias)
-            else:
-                kd.gather_rows_add(out2, wt, sb.x1)
+            kd.gather_rows_add(out2, wt, sb.x1, not first)
         else:
             if first:
                 np.dot(sb.x2, wt, out=out2)

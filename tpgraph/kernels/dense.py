@@ -16,23 +16,20 @@ from .jit import kernel
 
 
 @kernel
-def gather_rows_add(z, table, idx):
-    """``z[r, :] += table[idx[r], :]``: a one-hot input times a weight, as a gather."""
+def gather_rows_add(z, table, idx, accumulate):
+    """``z[r, :] (+)= table[idx[r], :]``: a one-hot input times a weight, as a gather.
+
+    Adds into ``z`` when ``accumulate``, overwrites it otherwise.
+    """
     rows, cols = z.shape
     for r in range(rows):
         i = idx[r]
-        for j in range(cols):
-            z[r, j] += table[i, j]
-
-
-@kernel
-def gather_rows_add_bias(z, table, idx, bias):
-    """``z[r, :] = table[idx[r], :] + bias``: the gathered product, overwriting ``z``."""
-    rows, cols = z.shape
-    for r in range(rows):
-        i = idx[r]
-        for j in range(cols):
-            z[r, j] = table[i, j] + bias[j]
+        if accumulate:
+            for j in range(cols):
+                z[r, j] += table[i, j]
+        else:
+            for j in range(cols):
+                z[r, j] = table[i, j]
 
 
 @kernel
