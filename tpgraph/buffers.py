@@ -21,6 +21,12 @@ def _2d(a):
     return a.reshape(-1, a.shape[-1])
 
 
+def _pair(shape, dtype):
+    """A zeroed ``[m, B, n]`` array and its ``[m*B, n]`` view."""
+    a = np.zeros(shape, dtype=dtype)
+    return a, _2d(a)
+
+
 class SlotBuffers:
     """Arrays of one input slot of a stack."""
 
@@ -91,28 +97,21 @@ class StackBuffers:
                 sb.x2 = _2d(sb.x)
             if slot.propose:
                 if st.kind == "add":
-                    sb.p = self.d  # the gradient of a sum passes the displacement through unchanged
+                    # the gradient of a sum passes the displacement through unchanged
+                    sb.p, sb.p2 = self.d, self.d2
                 else:
-                    sb.p = np.zeros((m, B, ns), dtype=dtype)
-                sb.p2 = _2d(sb.p)
+                    sb.p, sb.p2 = _pair((m, B, ns), dtype)
             if slot.inverse is not None and slot.rule in ("dtp", "tp"):
-                sb.og = np.zeros((m, B, ns), dtype=dtype)
-                sb.og2 = _2d(sb.og)
-                sb.gf = np.zeros((m, B, ns), dtype=dtype)
-                sb.gf2 = _2d(sb.gf)
-                sb.dg = np.zeros((m, B, ns), dtype=dtype)
-                sb.dg2 = _2d(sb.dg)
+                sb.og, sb.og2 = _pair((m, B, ns), dtype)
+                sb.gf, sb.gf2 = _pair((m, B, ns), dtype)
+                sb.dg, sb.dg2 = _pair((m, B, ns), dtype)
                 sb.recon = np.zeros(m, dtype=np.float64)
                 if slot.inverse.noise > 0:
                     sb.noise = np.zeros((m, B, ns), dtype=dtype)
-                    sb.xn = np.zeros((m, B, ns), dtype=dtype)
-                    sb.xn2 = _2d(sb.xn)
-                    sb.fn = np.zeros((m, B, n), dtype=dtype)
-                    sb.fn2 = _2d(sb.fn)
-                    sb.gn = np.zeros((m, B, ns), dtype=dtype)
-                    sb.gn2 = _2d(sb.gn)
-                    sb.aj = np.zeros((m, B, n), dtype=dtype)
-                    sb.aj2 = _2d(sb.aj)
+                    sb.xn, sb.xn2 = _pair((m, B, ns), dtype)
+                    sb.fn, sb.fn2 = _pair((m, B, n), dtype)
+                    sb.gn, sb.gn2 = _pair((m, B, ns), dtype)
+                    sb.aj, sb.aj2 = _pair((m, B, n), dtype)
             self.slots.append(sb)
 
 

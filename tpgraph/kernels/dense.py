@@ -99,18 +99,22 @@ def scan_inverse(d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, diff
     inverse at the forward value) or ``g(h_k + d[k]) - h_{k-1}`` for ``tp``.
     Member ``k-1`` then merges it as in :func:`scan_gradient`.
     """
-    rows, cols = tmp.shape
     for k in range(start, stop - 1, -1):
-        dk = d[k]
-        hk = hext[k + 1]
-        for r in range(rows):
-            for j in range(cols):
-                tmp[r, j] = hk[r, j] + dk[r, j]
+        add_blocks(hext[k + 1], d[k], tmp)  # the target h_hat_k
         pk = p[k]
         np.dot(tmp, vt, pk)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@kernel
+def add_blocks(a, b, out):
+    """``out = a + b`` over 2-D blocks."""
+    rows, cols = out.shape
+    for r in range(rows):
+        for j in range(cols):
+            out[r, j] = a[r, j] + b[r, j]
 
 
 @kernel
@@ -240,13 +244,8 @@ def scan_gradient_cblas(gemm, one, zero, d, hext, w, code, slope, inv_count, sta
 def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, difference,
                        p, tmp):
     """:func:`scan_inverse` with ``gemm`` for the products."""
-    rows, cols = tmp.shape
     for k in range(start, stop - 1, -1):
-        dk = d[k]
-        hk = hext[k + 1]
-        for r in range(rows):
-            for j in range(cols):
-                tmp[r, j] = hk[r, j] + dk[r, j]
+        add_blocks(hext[k + 1], d[k], tmp)  # the target h_hat_k
         pk = p[k]
         mm(gemm, tmp, vt, pk, one, zero)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
