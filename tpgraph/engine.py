@@ -432,6 +432,14 @@ class Engine:
             kd.scatter_rows_add(dst, slot.rows, sb.p)
         dirty[slot.src] = False
 
+    def deliver_member(self, sid: int, member: int, p: np.ndarray) -> None:
+        """Add one proposal (a chain head's, to its initial input) into member ``member`` of stack ``sid``."""
+        dst = self.buf.stacks[sid].d
+        if self._d_dirty[sid]:
+            dst.fill(0)
+            self._d_dirty[sid] = False
+        dst[member] += p
+
     def finalize_merge(self, st, b, members) -> None:
         """Turn accumulated displacements into merged ones for the given members."""
         if st.merge == "linear" or b.d is None:

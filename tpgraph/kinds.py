@@ -185,12 +185,7 @@ class DenseRunner:
         elif stop == 1:  # the scan stopped before the head: only its delta is missing
             mul_deriv(b.d[0], b.h[0], code, node.slope, b.delta[0])
         if st.propose_init:
-            sid, j = st.init_src
-            dst = eng.buf.stacks[sid].d
-            if eng._d_dirty[sid]:
-                dst.fill(0)
-                eng._d_dirty[sid] = False
-            dst[j] += sb.p[0]
+            eng.deliver_member(*st.init_src, sb.p[0])
 
     # ------------------------------------------------------------------ updates
     def grads(self, eng, st, b):
