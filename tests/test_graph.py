@@ -105,6 +105,70 @@ def test_self_loop_is_a_cycle():
     assert_mentions(msg, "cycle", "a -> a")
 
 
+def long_chain(n, back=None):
+    """``x -> a0 -> ... -> a{n-1} -> loss``; ``back=(i, j)``: ``a{i}`` also reads ``a{j}``."""
+    g = base("long")
+    for i in range(n):
+        inputs = ["x" if i == 0 else f"a{i - 1}"]
+        if back and back[0] == i:
+            inputs.append(f"a{back[1]}")
+        g.dense(f"a{i}", inputs, 3)
+    g.input("t", 3)
+    g.mse("L", f"a{n - 1}", "t")
+    return g
+
+
+def test_cycle_deep_in_a_long_graph_is_shown_alone():
+    # 5000 nodes upstream of a cycle of 3, 5000 downstream of it
+    g = long_chain(10_000, back=(5000, 5002))
+    with pytest.raises(tp.GraphError) as exc:
+        g.validate()
+    path = re.search(r"(\w+(?: -> \w+)+)", str(exc.value)).group(1).split(" -> ")
+    assert path[0] == path[-1] and sorted(path[1:]) == ["a5000", "a5001", "a5002"], path
+
+
+def test_topological_order_matches_networkx_and_finds_cycles():
+    from tpgraph.graph import topological_order
+
+    rng = np.random.default_rng(0)
+    for seed in range(50):
+        g = nx.gnp_random_graph(25, 0.12, directed=True, seed=seed)
+        dag = nx.DiGraph()
+        dag.add_nodes_from(rng.permutation(25).tolist())
+        dag.add_edges_from((u, v) for u, v in g.edges if u < v)
+        assert topological_order(dag) == (list(nx.topological_sort(dag)), None)
+        order, cycle = topological_order(g)
+        if cycle is None:
+            assert nx.is_directed_acyclic_graph(g)
+        else:
+            assert all(g.has_edge(cycle[k], cycle[(k + 1) % len(cycle)]) for k in range(len(cycle)))
+
+
+def test_validation_is_linear_in_the_graph(monkeypatch):
+    # no cycle search on a DAG (networkx's find_cycle re-walks the graph per node: quadratic)
+    monkeypatch.setattr(nx, "find_cycle", lambda *a, **k: pytest.fail("find_cycle called on a DAG"))
+    long_chain(2000).validate()
+    # a chain of adds: each add's size is found once, not by walking back to the chain's start
+    calls = {"n": 0}
+    node = tp.Graph.node
+
+    def counting(self, name):
+        calls["n"] += 1
+        return node(self, name)
+
+    for n in (500, 2000):
+        g = base("adds")
+        g.add_node("s0", ["x"])
+        for i in range(1, n):
+            g.add_node(f"s{i}", [f"s{i - 1}", "x"])
+        g.mse("L", f"s{n - 1}", "x")
+        calls["n"] = 0
+        monkeypatch.setattr(tp.Graph, "node", counting)
+        g.validate()
+        monkeypatch.setattr(tp.Graph, "node", node)
+        assert calls["n"] < 12 * n, (n, calls["n"])
+
+
 # ---------------------------------------------------------------- shapes
 def test_add_shape_mismatch_names_both_shapes():
     def build():

@@ -47,6 +47,54 @@ def _input_names(node, inputs) -> tuple:
         raise GraphError(f"node {node!r}: inputs must be a list of node names, got {inputs!r}") from None
 
 
+def topological_order(g: nx.DiGraph) -> tuple[list, list | None]:
+    """A topological order of ``g`` and, if it has a cycle, one cycle instead.
+
+    Kahn's algorithm by generations, iterative and linear in nodes plus
+    edges; it visits nodes in the same order as ``networkx.topological_sort``
+    (so plans, and results, do not depend on which one ran). When the sort
+    stalls, every node left has a predecessor that is also left; walking back
+    along such predecessors must revisit a node, and the walk between the two
+    visits is a cycle, returned in edge direction. Also linear.
+
+    Returns
+    -------
+    order : list
+        All nodes, each after its predecessors (partial when there is a cycle).
+    cycle : list or None
+        The nodes of one cycle, ``cycle[i] -> cycle[i + 1]`` and back to
+        ``cycle[0]``; None for a DAG.
+    """
+    indeg = {v: d for v, d in g.in_degree()}
+    generation = [v for v, d in indeg.items() if d == 0]
+    order = []
+    succ = g.succ
+    while generation:
+        order.extend(generation)
+        nxt = []
+        for v in generation:
+            for w in succ[v]:
+                d = indeg[w] - 1
+                indeg[w] = d
+                if d == 0:
+                    nxt.append(w)
+        generation = nxt
+    if len(order) == len(indeg):
+        return order, None
+    pred = g.pred
+    left = {v for v, d in indeg.items() if d > 0}
+    v = next(v for v in g if v in left)
+    seen: dict = {}
+    walk = []
+    while v not in seen:
+        seen[v] = len(walk)
+        walk.append(v)
+        v = next(u for u in pred[v] if u in left)
+    cycle = walk[seen[v]:]
+    cycle.reverse()
+    return order, cycle
+
+
 class Graph:
     """A computation graph of forward nodes, some with inverses.
 
@@ -85,6 +133,7 @@ class Graph:
         self.merge = merge
         self.nx = nx.DiGraph(name=name)
         self.inits: dict[str, object] = {}
+        self._size_memo: dict | None = None  # sizes of add nodes, only while validating
 
     # ---------------------------------------------------------------- declaring
     def add(self, node: Node) -> Node:
@@ -286,17 +335,17 @@ class Graph:
                                  f"(needed by {users})")
             if not isinstance(data["node"], Node):
                 raise GraphError(f"node {v!r}: attribute 'node' is {type(data['node']).__name__}, not a tpgraph Node")
-        try:
-            cycle = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
-            cycle = None
+        order, cycle = topological_order(g)
         if cycle:
-            path = " -> ".join([e[0] for e in cycle] + [cycle[0][0]])
+            path = " -> ".join(cycle + [cycle[0]])
             raise GraphError(f"graph {self.name!r} has a cycle: {path}")
-        order = list(nx.topological_sort(g))
-        for v in order:
-            self._validate_node(self.node(v))
-        shapes = self.param_shapes()
+        self._size_memo = {}
+        try:
+            for v in order:
+                self._validate_node(self.node(v))
+            shapes = self.param_shapes()
+        finally:
+            self._size_memo = None
         unknown = sorted(set(self.inits) - set(shapes))
         if unknown:
             raise GraphError(f"graph {self.name!r}: initialisers given for parameter group(s) {unknown} that no "
@@ -306,15 +355,27 @@ class Graph:
         return order
 
     def _size(self, name):
+        memo = getattr(self, "_size_memo", None)  # set while validating: each add is walked once
+        if memo is not None and name in memo:
+            return memo[name]
         n = self.node(name)
-        seen = set()
+        seen = {}
+        size = None
         while isinstance(n, Add) and n.inputs and name not in seen:  # an add is as wide as its inputs
-            seen.add(name)
+            seen[name] = True
             name = n.inputs[0]
+            if memo is not None and name in memo:
+                size = memo[name]
+                break
             if name not in self.nx or "node" not in self.nx.nodes[name]:
-                return 0
+                size = 0
+                break
             n = self.node(name)
-        return n.size
+        if size is None:
+            size = n.size
+        if memo is not None:
+            memo.update(dict.fromkeys(seen, size))
+        return size
 
     def _validate_node(self, n: Node) -> None:
         sizes = [self._size(u) for u in n.inputs]
