@@ -32,6 +32,22 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002, 0o077])
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    from tpgraph.train.records import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        p = tmp_path / "f.bin"
+        atomic_write_bytes(p, b"data")
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~umask
+        atomic_write_bytes(p, b"again")  # replacing keeps the same mode
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(old)
+
+
 def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "f.bin"
     atomic_write_bytes(p, b"good")

@@ -181,6 +181,24 @@ def test_run_folder_contents(tmp_path):
     assert s["plots"] == ["loss.png", "spectral_radius.png"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_folder_files_follow_the_umask(tmp_path, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        cfg = _config("output.plots=true", "protocol.n_batches=50", runs_dir=tmp_path)
+        t = Trainer(cfg, new_run_dir(cfg))
+        t.run()
+        files = [p for p in t.files.root.rglob("*") if p.is_file()]
+    finally:
+        os.umask(old)
+    assert {"config.toml", "metrics.csv", "summary.json", "weights.npz", "loss.png", "checkpoint.json"} \
+        <= {p.name for p in files}
+    modes = {p.relative_to(t.files.root).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
 def test_named_run_folder_is_not_overwritten(tmp_path):
     cfg = _config("output.name=mine", runs_dir=tmp_path)
     Trainer(cfg, new_run_dir(cfg)).run()

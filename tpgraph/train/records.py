@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import CheckpointError, TPGraphError
 
 __all__ = [
-    "METRIC_COLUMNS", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
+    "METRIC_COLUMNS", "current_umask", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
     "write_metrics_csv", "read_metrics_csv", "read_summary", "save_weights", "load_npz", "RunFiles",
 ]
 
@@ -66,11 +66,35 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask, read without changing it.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read by setting
+    and restoring it (``os.umask`` has no read-only form).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would give it
+    (``0o666`` less the umask, so 0644 under the usual umask 022), not the
+    owner-only 0600 of the temporary file.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
