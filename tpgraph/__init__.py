@@ -29,12 +29,13 @@ from .models.srn import SRN, build_srn
 from .nodes import Add, CrossEntropy, Dense, IndexInput, Input, Inverse, MSE, SoftmaxOutput
 from .params import ParamStore
 from .plan import compile_plan
+from .rules import CreditRule, get_rule, known_rules, register_rule
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Add", "CheckpointError", "ConfigError", "CrossEntropy", "DataError", "Dense", "DivergenceError",
+    "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense", "DivergenceError",
     "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "MSE", "ParamStore", "SRN",
-    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "known_merges",
-    "register_merge",
+    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_rule", "known_merges",
+    "known_rules", "register_merge", "register_rule",
 ]

@@ -101,7 +101,7 @@ class StackBuffers:
                     sb.p, sb.p2 = self.d, self.d2
                 else:
                     sb.p, sb.p2 = _pair((m, B, ns), dtype)
-            if slot.inverse is not None and slot.rule in ("dtp", "tp"):
+            if slot.inverse is not None and slot.credit.needs_inverse:
                 sb.og, sb.og2 = _pair((m, B, ns), dtype)
                 sb.gf, sb.gf2 = _pair((m, B, ns), dtype)
                 sb.dg, sb.dg2 = _pair((m, B, ns), dtype)

@@ -97,7 +97,8 @@ class Engine:
         ``scale`` multiplies the group's gradient before its optimiser (e.g.
         ``1/alpha`` so that an output layer follows the plain gradient).
     seed : int
-        Seed of the parameters (when not given) and of the denoising noise.
+        Seed of the parameters (when not given), of the denoising noise and of
+        the fixed feedback matrices of ``fa`` edges (``engine.feedback[group]``).
     fast_tanh : bool
         Use the rational tanh for float32 graphs (exact ``np.tanh`` otherwise).
     check_finite : bool
@@ -150,8 +151,17 @@ class Engine:
             if isinstance(st.node, Dense):
                 weight_groups.update(st.node.weights)
                 weight_groups.update(s.inverse.weight for s in st.slots
-                                     if s.inverse is not None and s.rule in ("dtp", "tp"))
+                                     if s.inverse is not None and s.credit.needs_inverse)
         self.wt = {g: np.ascontiguousarray(self.params[g].T) for g in sorted(weight_groups)}
+        # fixed feedback matrices of rules that use one in place of a forward weight (fa): one per
+        # forward weight group, seeded by the engine's seed and the group, inspectable, never trained
+        self.feedback: dict[str, np.ndarray] = {}
+        for st in self.plan.stacks:
+            for s in st.slots:
+                if s.credit.needs_feedback and s.weight not in self.feedback:
+                    self.feedback[s.weight] = s.credit.make_feedback(s.weight, shapes[s.weight], dtype, seed)
+        self.seed = seed
+        self.fast_tanh = fast_tanh
         self.zero_src = {}
         for st in self.plan.stacks:
             for s in st.slots:

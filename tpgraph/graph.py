@@ -22,7 +22,6 @@ from .kernels.activations import ACTIVATIONS
 from .merges import check_merge
 from .nodes import (
     KINDS,
-    RULES,
     Add,
     CrossEntropy,
     Dense,
@@ -34,6 +33,7 @@ from .nodes import (
     SoftmaxOutput,
 )
 from .params import ParamStore, make_init
+from .rules import get_rule
 
 DTYPES = (np.float32, np.float64)
 
@@ -211,8 +211,7 @@ class Graph:
         n = self.node(consumer)
         if input not in n.inputs:
             raise GraphError(f"there is no edge {input!r} -> {consumer!r}; inputs of {consumer!r}: {list(n.inputs)}")
-        if rule not in RULES:
-            raise GraphError(f"edge {input!r} -> {consumer!r}: unknown credit rule {rule!r}; known: {', '.join(RULES)}")
+        get_rule(rule, f"edge {input!r} -> {consumer!r}")
         slot = n.inputs.index(input)
         n.rules = n.rules[:slot] + (rule,) + n.rules[slot + 1:]
         self.nx.edges[input, consumer]["rule"] = rule
@@ -231,8 +230,10 @@ class Graph:
 
         ``mapping`` maps old rule names to new ones (``{"dtp": "gradient"}``),
         or is one rule name applied to every credit edge (all but ``none`` and
-        losses' label edges). ``g.with_rules("gradient")`` is the graph's
-        backpropagation baseline, with the same parameter groups.
+        losses' label edges; a loss's prediction edge only takes rules fit
+        for losses, ``gradient``). ``g.with_rules("gradient")`` is the graph's
+        backpropagation baseline, ``g.with_rules("fa")`` its feedback-alignment
+        variant, both with the same parameter groups.
         """
         new = copy.deepcopy(self)
         for v, data in new.nx.nodes(data=True):
@@ -240,10 +241,10 @@ class Graph:
             if n is None:
                 continue
             for slot, (u, r) in enumerate(zip(n.inputs, n.rules)):
-                if r == "none":
+                if not get_rule(r).carries_credit:
                     continue
                 target = mapping if isinstance(mapping, str) else mapping.get(r, r)
-                if n.is_loss and target not in ("gradient",):
+                if n.is_loss and not get_rule(target, f"edge {u!r} -> {v!r}").for_losses:
                     continue
                 new.set_rule(v, u, target)
         return new
@@ -384,7 +385,7 @@ class Graph:
                 src = self.node(u)
                 if src.is_loss:
                     raise GraphError(f"edge {u!r} -> {n.name!r}: a loss cannot feed another node")
-                if r in ("dtp", "tp") and u not in n.inverses:
+                if get_rule(r).needs_inverse and u not in n.inverses:
                     raise GraphError(
                         f"edge {u!r} -> {n.name!r} has credit rule {r!r} but node {n.name!r} "
                         f"({n.kind}) has no inverse with respect to {u!r}; add one with "
@@ -407,8 +408,11 @@ class Graph:
                 if isinstance(self.node(u), IndexInput):
                     raise GraphError(f"add node {n.name!r}: input {u!r} is integer data; add takes real-valued inputs")
             for u, r in zip(n.inputs, n.rules):
-                if r in ("dtp", "tp"):
-                    raise GraphError(f"edge {u!r} -> {n.name!r} has credit rule {r!r} but add node {n.name!r} has no inverse; use 'gradient'")
+                rule = get_rule(r)
+                if rule.needs_inverse or rule.needs_weights:
+                    raise GraphError(f"edge {u!r} -> {n.name!r} has credit rule {r!r}, which needs "
+                                     f"{rule.requirement()}, but add node {n.name!r} has no weights and no "
+                                     f"inverse; use 'gradient' (its Jacobian is the identity)")
             if len(set(sizes)) == 1:
                 n.size = sizes[0]
             if len(set(sizes)) > 1:

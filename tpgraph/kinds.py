@@ -7,9 +7,11 @@ has, side by side:
     values of all members (batched products over ``m*B`` rows; a chain's
     recurrent input as one scan kernel);
 ``propose``
-    the displacement each credit edge proposes to its source (``P``): for
-    ``gradient`` the local vector-Jacobian product ``J^T D``; for ``dtp``/``tp``
-    the learned inverse; for losses ``-alpha dL/dh``;
+    the displacement each credit edge proposes to its source (``P``), by the
+    edge's credit rule (:mod:`tpgraph.rules`: the rule object says what it
+    needs and calls the kernels; e.g. ``gradient``: the local vector-Jacobian
+    product ``J^T D``; ``dtp``/``tp``: the learned inverse); for losses
+    ``-alpha dL/dh``;
 ``grads``
     the gradient of the local loss ``1/2 ||f(inputs at forward values) - h_hat||^2``
     with respect to the node's own parameter groups, summed over the batch
@@ -135,15 +137,7 @@ class DenseRunner:
         for slot, sb in zip(st.slots, b.slots):
             if not slot.propose or slot.recurrent:
                 continue
-            if slot.rule == "gradient":
-                np.dot(b.delta2, eng.params[slot.weight], out=sb.p2)
-            else:
-                self.inverse_at_forward(eng, st, b, slot, sb)
-                inv = slot.inverse
-                np.add(b.h2, b.d2, out=b.z2)
-                np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
-                ref = sb.gf2 if slot.rule == "dtp" else sb.x2
-                kd.inverse_finish(sb.p2, sb.og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
+            slot.credit.propose(self, eng, st, b, slot, sb)
             eng.deliver(st, slot, sb)
 
     def _propose_chain(self, eng, st, b, code):
@@ -152,12 +146,12 @@ class DenseRunner:
         sb = b.slots[st.rec_slot]
         m = st.m
         stop = 0 if st.propose_init else 1
-        if slot.rule == "none":
+        credit = slot.credit
+        if not credit.carries_credit:
             eng.finalize_merge(st, b, range(m))
             mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
             return
-        if slot.rule in ("dtp", "tp"):
-            self.inverse_at_forward(eng, st, b, slot, sb)
+        credit.prepare(self, eng, st, b, slot, sb)
         fused = st.fused_merge
         inv_count = b.inv_count if fused else b.ones
         # python merges: one member at a time, the merge called between kernel calls
@@ -166,21 +160,8 @@ class DenseRunner:
             eng.finalize_merge(st, b, [start])
             if start < end:
                 continue
-            if slot.rule == "gradient":
-                args = (b.d, b.hext, eng.params[slot.weight], code, node.slope, inv_count, start, end, sb.p, b.delta)
-                if eng.gemm is not None:
-                    kd.scan_gradient_cblas(eng.gemm, eng.one, eng.zero, *args)
-                else:
-                    kd.scan_gradient(*args)
-            else:
-                inv = slot.inverse
-                args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
-                        inv.slope, inv_count, start, end, slot.rule == "dtp", sb.p, b.tmp)
-                if eng.gemm is not None:
-                    kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
-                else:
-                    kd.scan_inverse(*args)
-        if slot.rule != "gradient" or not fused:
+            credit.scan(eng, st, b, slot, sb, code, inv_count, start, end)
+        if not credit.scan_computes_delta or not fused:
             mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
         elif stop == 1:  # the scan stopped before the head: only its delta is missing
             mul_deriv(b.d[0], b.h[0], code, node.slope, b.delta[0])
@@ -203,7 +184,7 @@ class DenseRunner:
 
     def inverse_grads(self, eng, st, b):
         for slot, sb in zip(st.slots, b.slots):
-            if slot.inverse is None or slot.rule not in ("dtp", "tp"):
+            if slot.inverse is None or not slot.credit.needs_inverse:
                 continue
             inv = slot.inverse
             self.inverse_at_forward(eng, st, b, slot, sb)

@@ -14,10 +14,13 @@ Credit rules (per input edge ``u -> v``):
     ``tau = g(h_hat_v)``;
 ``"gradient"``
     ``tau = h_u + J_u^T (h_hat_v - h_v)`` (one node's Jacobian, no chain rule);
+``"fa"``
+    ``tau = h_u + B^T (f'(a_v) * (h_hat_v - h_v))``, a fixed random ``B`` for ``W``;
 ``"none"``
     no credit flows.
 
-``g`` is the node's learned inverse with respect to that input (see
+Rules are objects of one registry (:mod:`tpgraph.rules`); a node stores
+their names. ``g`` is the node's learned inverse with respect to that input (see
 :class:`Inverse`). Edges out of data inputs carry no credit whatever their rule.
 """
 
@@ -27,8 +30,7 @@ from dataclasses import dataclass, field
 
 from .errors import GraphError
 from .kernels.activations import ACTIVATIONS
-
-RULES = ("dtp", "tp", "gradient", "none")
+from .rules import get_rule
 REDUCTIONS = ("mean", "sum")
 
 
@@ -118,10 +120,7 @@ class Node:
                 f"node {self.name!r}: {len(self.rules)} credit rules for {len(self.inputs)} inputs"
             )
         for u, r in zip(self.inputs, self.rules):
-            if r not in RULES:
-                raise GraphError(
-                    f"edge {u!r} -> {self.name!r}: unknown credit rule {r!r}; known: {', '.join(RULES)}"
-                )
+            get_rule(r, f"edge {u!r} -> {self.name!r}")
 
     def default_rules(self):
         return ("gradient",) * len(self.inputs)
@@ -299,10 +298,15 @@ class Loss(Node):
             )
         if self.alpha is not None:
             _check_number(self.alpha, self.name, "alpha (the loss's target step)", positive=True)
-        if self.rules[1] != "none":
+        if get_rule(self.rules[1]).carries_credit:
             raise GraphError(f"loss {self.name!r}: the edge from {self.inputs[1]!r} (labels/target) must have rule 'none'")
-        if self.rules[0] == "none":
+        pred = get_rule(self.rules[0])
+        if not pred.carries_credit:
             raise GraphError(f"loss {self.name!r}: the edge from its prediction {self.inputs[0]!r} cannot have rule 'none'")
+        if not pred.for_losses:
+            raise GraphError(f"loss {self.name!r}: the edge from its prediction {self.inputs[0]!r} has rule "
+                             f"{self.rules[0]!r}, which needs {pred.requirement()}; a loss has none and always "
+                             f"proposes h - alpha dL/dh: use rule 'gradient'")
 
     def settings(self):
         s = {"reduction": self.reduction}

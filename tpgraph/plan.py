@@ -37,6 +37,7 @@ from .graph import Graph
 from .kernels.activations import ACTIVATIONS, TANH, TANH_FAST
 from .merges import BUILTIN
 from .nodes import Dense, IndexInput, Inverse, Node
+from .rules import CreditRule, get_rule
 
 
 @dataclass(repr=False)
@@ -53,6 +54,7 @@ class Slot:
     recurrent: bool = False
     src_is_index: bool = False
     src_size: int = 0
+    credit: CreditRule | None = None  # the rule object of ``rule`` (what it needs, how it proposes)
 
     def __repr__(self):
         kind = "recurrent" if self.recurrent else f"rows={self.rows}"
@@ -133,7 +135,7 @@ def _needs_target(graph: Graph, order: list[str]) -> dict[str, bool]:
         elif n.has_params:
             need[v] = True
         else:
-            need[v] = any(r != "none" and need[u] for u, r in zip(n.inputs, n.rules))
+            need[v] = any(get_rule(r).carries_credit and need[u] for u, r in zip(n.inputs, n.rules))
     return need
 
 
@@ -245,17 +247,18 @@ def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
         n0 = st.node
         for i, u0 in enumerate(n0.inputs):
             rule = n0.rules[i]
+            credit = get_rule(rule)
             src_node = graph.node(u0)
-            propose = rule != "none" and need[u0]
+            propose = credit.carries_credit and need[u0]
             slot = Slot(
-                index=i, src=where[u0][0], rows=None, rule=rule, propose=bool(propose),
+                index=i, src=where[u0][0], rows=None, rule=rule, propose=bool(propose), credit=credit,
                 weight=n0.weights[i] if isinstance(n0, Dense) else None,
                 inverse=n0.inverses.get(u0) if isinstance(n0, Dense) else None,
                 src_is_index=isinstance(src_node, IndexInput), src_size=src_node.size,
             )
             if st.chain and i == st.rec_slot:
                 slot.recurrent = True
-                slot.propose = rule != "none"  # members propose to their predecessors
+                slot.propose = credit.carries_credit  # members propose to their predecessors
                 st.init_src = where[u0]
                 st.propose_init = bool(propose)
             else:

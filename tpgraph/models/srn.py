@@ -19,9 +19,10 @@ import functools
 import numpy as np
 
 from ..engine import Engine
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, GraphError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
+from ..rules import get_rule
 from ..tasks.base import sequence_accuracy, step_accuracy
 
 #: The initialisation of the authors' code (NOTES.md): orthogonal recurrent
@@ -52,8 +53,8 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
               reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh") -> Graph:
     """Declare the SRN unrolled over ``length`` steps.
 
-    ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"`` or
-    ``"gradient"``); use ``graph.with_rules("gradient")`` for BPTT.
+    ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"``,
+    ``"fa"`` or ``"gradient"``); use ``graph.with_rules("gradient")`` for BPTT.
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -104,7 +105,10 @@ class SRN:
     merge : str
         Merge strategy of the targets (``"linear"``: Eq. 22).
     credit : str
-        TP's rule back in time: ``"dtp"`` (Eq. 19) or ``"tp"`` (Eq. 11).
+        TP's rule back in time: ``"dtp"`` (Eq. 19), ``"tp"`` (Eq. 11), or
+        ``"fa"`` (feedback alignment: a fixed random matrix in place of
+        ``W_h^T``; the inverse is then neither used nor trained). Any
+        registered rule that carries credit and suits a dense node is accepted.
     """
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, method: str = "tp", many_to_many: bool = True,
@@ -114,8 +118,12 @@ class SRN:
                  optimizer_options: dict | None = None):
         if method not in METHODS:
             raise ConfigError(f"SRN: method must be one of {METHODS}, got {method!r}")
-        if credit not in ("dtp", "tp"):
-            raise ConfigError(f"SRN: credit must be 'dtp' or 'tp', got {credit!r}")
+        try:
+            rule = get_rule(credit, "SRN credit")
+        except GraphError as exc:
+            raise ConfigError(str(exc)) from None
+        if not rule.carries_credit:
+            raise ConfigError(f"SRN: credit {credit!r} carries no credit back in time; choose dtp, tp or fa")
         if not (isinstance(noise_sigma, (int, float)) and np.isfinite(noise_sigma) and noise_sigma >= 0):
             raise ConfigError(f"SRN: noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
         self.n_in, self.n_hidden, self.n_out = n_in, n_hidden, n_out
@@ -158,6 +166,7 @@ class SRN:
             else:
                 eng.optimizers = self._first.optimizers
                 eng.rng = self._first.rng
+                eng.feedback = self._first.feedback
             self._engines[length] = eng
         return eng
 
