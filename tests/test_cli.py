@@ -205,3 +205,44 @@ def test_sigint_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert summary["status"] == "aborted" and summary["checkpoint_batch"] == summary["batches_done"]
     r = tpgraph("train", "--resume", tmp_path / "int", "--quiet", "--set", "protocol.n_batches=5")
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def _interrupted_run(tmp_path, name="paused", plots=True):
+    """A run stopped (as by Ctrl-C) at batch 20 of 60, with a checkpoint to resume from."""
+    from tpgraph.train import Callback, Trainer
+    from tpgraph.train.config import load_config
+
+    class StopAt(Callback):
+        def on_batch(self, trainer, batch, loss):
+            if batch == 20:
+                trainer.request_stop("interrupted (test)")
+
+    sets = ["task.delay=2", "model.n_hidden=12", "protocol.val_batches=3", "protocol.warmup=5",
+            "protocol.n_batches=60", "protocol.val_every=20", f"output.plots={'true' if plots else 'false'}",
+            f"output.runs_dir={json.dumps(str(tmp_path))}", f"output.name={json.dumps(name)}"]
+    cfg = load_config(None, sets)
+    from tpgraph.train.trainer import new_run_dir
+
+    summary = Trainer(cfg, new_run_dir(cfg), callbacks=[StopAt()]).run()
+    assert summary["status"] == "aborted" and summary["batches_done"] == 20
+    return tmp_path / name
+
+
+def test_resume_takes_display_options(tmp_path, capsys):
+    root = _interrupted_run(tmp_path)
+    for png in root.glob("*.png"):
+        png.unlink()
+    code = main(["train", "--resume", str(root), "--no-plots", "--progress", "lines", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["batches_done"] == 60 and summary["sessions"] == 2
+    assert summary["plots"] == [] and not list(root.glob("*.png"))
+    assert "output.plots" not in err and "batch 60/60" in err  # the progress lines of --progress lines
+    assert "plots = true" in (root / "config.toml").read_text()  # the recorded configuration is unchanged
+    # --quiet with --resume; configuration changes are still refused
+    root = _interrupted_run(tmp_path, "paused2")
+    assert main(["train", "--resume", str(root), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["train", "--resume", str(root), "--batches", "80"]) == 2
+    assert "--resume" in capsys.readouterr().err

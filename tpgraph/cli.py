@@ -229,12 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args) -> list[str]:
+def _config_overrides(args) -> list[str]:
+    """The overrides that change a run's configuration (``--set`` and the named flags)."""
     out = list(args.sets)
     for _flag, key, _kind, _help in _FLAGS:
         value = getattr(args, "flag_" + key.replace(".", "__"))
         if value is not None:
             out.append(f"{key}={json.dumps(value) if isinstance(value, str) else repr(value)}")
+    return out
+
+
+def _overrides(args) -> list[str]:
+    """All overrides of a new run: its configuration's and ``--no-plots`` (``output.plots=false``)."""
+    out = _config_overrides(args)
     if getattr(args, "no_plots", False):
         out.append("output.plots=false")
     return out
@@ -328,11 +335,14 @@ def cmd_train(args) -> int:
     from .train.trainer import Trainer, new_run_dir
 
     if args.resume:
-        if args.config or _overrides(args):
+        # display options (--no-plots, --progress, --quiet, --threads) are welcome: they change no result
+        if args.config or _config_overrides(args):
             raise _UsageError("--resume continues a run with its recorded configuration; "
-                              "give no CONFIG, --set or named flags with it")
+                              "give no CONFIG, --set or named flags with it (display options are fine)")
         trainer = Trainer.resume(args.resume, callbacks=[_progress(args, "")])
         trainer.callbacks[0].label = trainer.config.method.name
+        if args.no_plots:
+            trainer.draw_plots = False
     else:
         config = _resolve(args)
         trainer = Trainer(config, new_run_dir(config), callbacks=[_progress(args, config.method.name)])
@@ -351,9 +361,9 @@ def cmd_compare(args) -> int:
     from .train.trainer import Trainer, new_run_dir
 
     if args.resume:
-        if args.config or _overrides(args) or args.bptt_sets:
+        if args.config or _config_overrides(args) or args.bptt_sets:
             raise _UsageError("--resume continues a comparison with its recorded configurations; "
-                              "give no CONFIG or overrides with it")
+                              "give no CONFIG or overrides with it (display options are fine)")
         root = Path(args.resume)
         if not (root / "tp" / "config.toml").is_file() or not (root / "bptt" / "config.toml").is_file():
             raise _UsageError(f"{str(root)!r} is not a comparison folder (no tp/ and bptt/ configurations)")
@@ -381,6 +391,8 @@ def cmd_compare(args) -> int:
             trainer = Trainer.resume(folder, callbacks=[progress])
         else:
             trainer = Trainer(cfg, folder, callbacks=[progress])
+        if args.no_plots:
+            trainer.draw_plots = False
         summaries[method] = trainer.run()
         if _exit_code(summaries[method]) == EXIT_INTERRUPTED:
             print(format_summary(summaries[method]))
@@ -388,7 +400,7 @@ def cmd_compare(args) -> int:
             return EXIT_INTERRUPTED
     runs = [root / m for m in configs]
     plots = []
-    if all(c.output.plots for c in configs.values()):
+    if all(c.output.plots for c in configs.values()) and not args.no_plots:
         plots = [plot_overview(runs, root / "overview.png"), plot_loss(runs, root / "loss.png"),
                  plot_spectral_radius(runs, root / "spectral_radius.png")]
     atomic_write_json(root / "comparison.json", {"runs": {m: str(root / m) for m in configs},

@@ -222,6 +222,8 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._divergence: DivergenceError | None = None
         self._records_only = False
+        #: Draw the plots at the end (``output.plots``; a display choice, so a resumed run may turn it off).
+        self.draw_plots = config.output.plots
         if self.files is not None:
             self.files.root.mkdir(parents=True, exist_ok=True)
             if not self.files.config.exists():
@@ -645,7 +647,7 @@ class Trainer:
             save_weights(f.weights_best, self.best_params)
             summary["weights_best"] = f.weights_best.name
         plots = []
-        if self.config.output.plots and s.rows:
+        if self.draw_plots and s.rows:
             try:
                 from ..plots import plot_run
                 plots = [p.name for p in plot_run(f.root, summary)]
