@@ -62,6 +62,22 @@ def test_srn_bptt_matches_finite_differences(many_to_many):
     assert_gradients_match(eng, batch, 1.0, ["W_xh", "W_h", "b_h", "W_hy", "b_y"])
 
 
+@pytest.mark.parametrize("many_to_many", [True, False])
+def test_regression_srn_bptt_matches_finite_differences(many_to_many):
+    """Real inputs, a linear output and squared errors (the adding problem's SRN)."""
+    model = tp.SRN(2, 7, 3, method="bptt", dtype="float64", seed=3, many_to_many=many_to_many,
+                   inputs="real", output="linear")
+    L, B = 6, 4
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(L, B, 2))
+    y = rng.normal(size=(L if many_to_many else 1, B, 3))
+    for g in model.params:
+        model.params[g] = model.params[g] + rng.normal(0, 0.3, model.params[g].shape)
+    eng = model.engine(L)
+    _, batch = model._batch(x, y)
+    assert_gradients_match(eng, batch, 1.0, ["W_xh", "W_h", "b_h", "W_hy", "b_y"])
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.37])
 def test_local_updates_are_alpha_times_gradient(alpha):
     g = tp.build_srn(4, 3, 5, 3, dtype="float64").with_rules("gradient")

@@ -1,5 +1,6 @@
 """Tests of tpgraph.train.config: defaults, errors that name the key, overrides, the TOML round trip."""
 
+import json
 import math
 import tomllib
 
@@ -154,3 +155,47 @@ def test_describe_keys_lists_every_key():
         for key in cls.__dataclass_fields__:
             assert f"  {key} = " in text
     assert not math.isnan(Config().method.alpha)
+
+
+# ---------------------------------------------------------------------- the long-range tasks
+def test_long_range_task_keys_round_trip(tmp_path):
+    c = load_config(None, ["task.name=temporal_order", "task.length=60", "task.bits=3",
+                           "task.positions=[[0.1, 0.2], [0.3, 0.4], [0.6, 0.7]]", "task.success_acc=0.95"])
+    assert c.task.task_options() == {"length": 60, "bits": 3, "success_acc": 0.95,
+                                     "positions": ((0.1, 0.2), (0.3, 0.4), (0.6, 0.7))}
+    hash(c)  # a frozen config stays hashable with a list-valued key
+    d = tomllib.loads(to_toml(c))
+    assert d["task"] == {"name": "temporal_order", "length": 60, "bits": 3, "success_acc": 0.95,
+                         "positions": [[0.1, 0.2], [0.3, 0.4], [0.6, 0.7]]}
+    assert Config.from_dict(d) == c
+    assert Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    a = load_config(None, ["task.name=adding", "task.length=100", "task.tolerance=0.05"])
+    assert a.task.task_options() == {"length": 100, "tolerance": 0.05}
+    assert tomllib.loads(to_toml(a))["task"] == {"name": "adding", "length": 100, "tolerance": 0.05}
+
+
+def test_a_copy_memory_file_switches_to_a_long_range_task(tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "copy_memory_tp.toml"
+    c = load_config(path, ["task.name=adding", "task.length=50"])
+    assert c.task.task_options() == {"length": 50}
+
+
+@pytest.mark.parametrize("sets,words", [
+    (["task.name=adding"], ["task.length is required for adding"]),
+    (["task.name=temporal_order"], ["task.length is required for temporal_order"]),
+    (["task.name=adding", "task.length=50", "task.bits=3"],
+     ["task.bits is an option of temporal_order, not of adding", "length, positions, tolerance, success_acc"]),
+    (["task.delay=5", "task.tolerance=0.1"], ["task.tolerance is an option of adding, not of copy_memory"]),
+    (["task.name=adding", "task.length=50", "task.positions=0.3"], ["task.positions must be a list"]),
+    (["task.name=adding", "task.length=50", "task.positions=[[0.1, 0.2]]"], ["[task]", "'positions'", "2 [start"]),
+    (["task.name=adding", "task.length=5"], ["[task]", "'positions'", "no time step at length 5"]),
+    (["task.name=temporal_order", "task.length=50", "task.bits=5"], ["[task]", "'bits'", "no default"]),
+    (["task.name=adding", "task.length=50", "task.tolerance=-1"], ["task.tolerance must be a number > 0"]),
+])
+def test_long_range_task_errors_name_the_key(sets, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, sets)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))

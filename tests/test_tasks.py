@@ -9,12 +9,15 @@ import pytest
 from tpgraph.errors import ConfigError
 from tpgraph.tasks import (
     TASKS,
+    AddingTask,
     CopyMemoryTask,
     SequenceExpansionTask,
     Task,
+    TemporalOrderTask,
     make_task,
     sequence_accuracy,
     step_accuracy,
+    within_tolerance,
 )
 
 # ---------------------------------------------------------------- copy memory
@@ -151,6 +154,9 @@ def test_sequence_expansion_batch_structure():
 TASK_FACTORIES = [
     lambda: CopyMemoryTask(delay=5),
     lambda: SequenceExpansionTask(length=10),
+    lambda: AddingTask(length=30),
+    lambda: TemporalOrderTask(length=30),
+    lambda: TemporalOrderTask(length=40, bits=3),
 ]
 
 
@@ -171,8 +177,11 @@ def test_validation_set_reproducible(factory):
     x1, y1 = task.validation_set(seed=3, n_batches=4, batch_size=8)
     x2, y2 = task.validation_set(seed=3, n_batches=4, batch_size=8)
     x3, _ = task.validation_set(seed=4, n_batches=4, batch_size=8)
-    assert x1.shape == y1.shape == (4, task.length, 8)
-    assert x1.dtype == y1.dtype == np.int64
+    real, regression = task.input_kind == "real", task.output_kind == "regression"
+    assert x1.shape == (4, task.length, 8) + ((task.n_in,) if real else ())
+    assert y1.shape == (4, task.label_length, 8) + ((task.n_out,) if regression else ())
+    assert x1.dtype == (np.float64 if real else np.int64)
+    assert y1.dtype == (np.float64 if regression else np.int64)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert not np.array_equal(x1, x3)
@@ -198,7 +207,8 @@ def test_options_roundtrip(factory):
 
 
 def test_registry():
-    assert TASKS == {"copy_memory": CopyMemoryTask, "sequence_expansion": SequenceExpansionTask}
+    assert TASKS == {"copy_memory": CopyMemoryTask, "sequence_expansion": SequenceExpansionTask,
+                     "adding": AddingTask, "temporal_order": TemporalOrderTask}
     assert all(issubclass(cls, Task) for cls in TASKS.values())
     task = make_task("copy_memory", delay=4, n_symbols=3)
     assert task.options() == {"delay": 4, "n_symbols": 3, "n_memorise": 10}
@@ -358,3 +368,147 @@ def test_render_rejects_bad_input():
         task.render(np.zeros(3, dtype=int), np.zeros(4, dtype=int))
     with pytest.raises(ConfigError, match=r"'labels'.*0\.\.4"):
         task.render(np.zeros(4, dtype=int), np.full(4, 5))
+
+
+# ------------------------------------------------------ the long-range tasks
+# Each is checked against a plain-NumPy reading of its definition (module
+# docstrings of tpgraph.tasks.adding and tpgraph.tasks.temporal_order).
+
+
+def _marked_steps(markers):
+    """[L, B] 0/1 -> the 0-based steps of the ones, one row per sequence."""
+    return [np.flatnonzero(markers[:, b]) for b in range(markers.shape[1])]
+
+
+@pytest.mark.parametrize("length", [10, 50, 100])
+def test_adding_definition(length):
+    task = AddingTask(length=length)
+    assert (task.name, task.n_in, task.n_out, task.label_length) == ("adding", 2, 1, 1)
+    assert (task.input_kind, task.output_kind, task.many_to_one) == ("real", "regression", True)
+    x, y = task.batch(np.random.default_rng(7), 400)
+    assert x.shape == (length, 400, 2) and y.shape == (1, 400, 1)
+    values, markers = x[:, :, 0], x[:, :, 1]
+    assert np.all((values >= 0) & (values < 1))
+    assert set(np.unique(markers).tolist()) <= {0.0, 1.0}
+    first_end, second_end = length // 10, length // 2  # [0, T/10) and [T/10, T/2)
+    p1s, p2s = [], []
+    for b, steps in enumerate(_marked_steps(markers)):
+        assert len(steps) == 2
+        p1, p2 = steps
+        assert 0 <= p1 < first_end <= p2 < second_end
+        assert y[0, b, 0] == pytest.approx((values[p1, b] + values[p2, b]) / 2, abs=1e-15)
+        p1s.append(p1)
+        p2s.append(p2)
+    # every allowed step is used (400 draws over at most 40 steps)
+    assert set(p1s) == set(range(0, first_end))
+    if length <= 50:
+        assert set(p2s) == set(range(first_end, second_end))
+
+
+def test_adding_hand_written_positions():
+    task = AddingTask(length=20, positions=[[0.25, 0.3], [0.9, 0.95]])  # steps [5, 6) and [18, 19)
+    x, y = task.example(np.random.default_rng(3))
+    assert x.shape == (20, 2) and y.shape == (1, 1)
+    np.testing.assert_array_equal(np.flatnonzero(x[:, 1]), [5, 18])
+    assert y[0, 0] == pytest.approx((x[5, 0] + x[18, 0]) / 2)
+    assert task.marker_steps == [(5, 6), (18, 19)]
+    text = task.render(x, y)
+    assert text.count("[") == 2 and f"[{x[5, 0]:.2f}]" in text and text.endswith(f"out: {y[0, 0]:.4f}")
+
+
+def test_adding_baseline_is_the_mse_of_predicting_one_half():
+    task = AddingTask(length=40)
+    assert task.baseline_loss == pytest.approx(1 / 24)
+    _, y = task.batch(np.random.default_rng(0), 200_000)
+    assert np.mean((y - 0.5) ** 2) == pytest.approx(1 / 24, rel=0.01)
+    assert np.mean(y) == pytest.approx(0.5, abs=0.002)  # 0.5 is the best constant
+
+
+def test_adding_options_and_thresholds():
+    task = AddingTask(length=30, tolerance=0.1, success_acc=0.9)
+    assert task.tolerance == 0.1 and task.success_accuracy == 0.9
+    assert task.options() == {"length": 30, "positions": [[0.0, 0.1], [0.1, 0.5]], "tolerance": 0.1,
+                              "success_acc": 0.9}
+    assert make_task("adding", **task.options()) == task
+    assert hash(make_task("adding", **task.options())) == hash(task)
+
+
+@pytest.mark.parametrize("bits,length", [(2, 10), (2, 100), (3, 10), (3, 100)])
+def test_temporal_order_definition(bits, length):
+    task = TemporalOrderTask(length=length, bits=bits)
+    assert (task.n_in, task.n_out, task.label_length) == (6, 2 ** bits, 1)
+    x, y = task.batch(np.random.default_rng(bits * length), 500)
+    assert x.shape == (length, 500) and y.shape == (1, 500)
+    fractions = {2: [(0.1, 0.2), (0.4, 0.5)], 3: [(0.1, 0.2), (0.3, 0.4), (0.6, 0.7)]}[bits]
+    ranges = [(int(a * length), int(b * length)) for a, b in fractions]
+    assert task.symbol_steps == ranges
+    assert np.all((x >= 0) & (x < 6))
+    for b in range(500):
+        steps = np.flatnonzero(x[:, b] < 2)  # X = 0, Y = 1; distractors 2..5
+        assert len(steps) == bits
+        assert all(lo <= p < hi for p, (lo, hi) in zip(steps, ranges))
+        # the class: the relevant symbols read as a binary number, the first the most significant
+        assert y[0, b] == int("".join(str(v) for v in x[steps, b]), 2)
+    assert set(np.unique(y).tolist()) == set(range(2 ** bits))
+    assert set(np.unique(np.where(x >= 2, x, 2)).tolist()) == {2, 3, 4, 5}
+
+
+def test_temporal_order_baseline_and_render():
+    assert TemporalOrderTask(length=20).baseline_loss == pytest.approx(math.log(4))
+    assert TemporalOrderTask(length=20, bits=3).baseline_loss == pytest.approx(math.log(8))
+    task = TemporalOrderTask(length=10)
+    x = np.array([2, 1, 3, 4, 0, 5, 2, 3, 4, 5])
+    assert task.render(x, np.array([2])) == "in : aYbcXdabcd\nout: YX (class 2)"
+    # classes are balanced: chance cross-entropy is ln 4
+    _, y = task.batch(np.random.default_rng(0), 40_000)
+    assert np.bincount(y[0], minlength=4) / 40_000 == pytest.approx([0.25] * 4, abs=0.01)
+
+
+def test_positions_are_robust_to_round_off():
+    # 0.57 * 100 is 56.99999999999999 in floating point; the range still starts at step 57
+    task = TemporalOrderTask(length=100, bits=1, positions=[[0.57, 0.58]])
+    assert task.symbol_steps == [(57, 58)]
+    x, _ = task.batch(np.random.default_rng(0), 20)
+    assert np.all(x[57] < 2)
+
+
+def test_temporal_order_custom_positions_and_bits():
+    task = TemporalOrderTask(length=20, bits=1, positions=[[0.5, 0.55]])  # step 10 only
+    x, y = task.batch(np.random.default_rng(1), 50)
+    assert np.all(x[10] < 2) and np.all(np.delete(x, 10, axis=0) >= 2)
+    np.testing.assert_array_equal(y[0], x[10])
+    assert task.n_out == 2 and task.baseline_loss == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,culprit,words",
+    [
+        (AddingTask, {"length": 1}, "length", ">= 2"),
+        (AddingTask, {"length": 5}, "positions", "holds no time step at length 5"),
+        (AddingTask, {"length": 20, "positions": [[0.1, 0.2]]}, "positions", "2 [start, end] pairs"),
+        (AddingTask, {"length": 20, "positions": [[0.2, 0.1], [0.3, 0.5]]}, "positions", "start < end"),
+        (AddingTask, {"length": 20, "positions": [[0.0, 0.5], [0.4, 0.9]]}, "positions", "overlaps"),
+        (AddingTask, {"length": 20, "positions": "0.1"}, "positions", "pairs"),
+        (AddingTask, {"length": 20, "tolerance": 0}, "tolerance", "> 0"),
+        (AddingTask, {"length": 20, "tolerance": True}, "tolerance", "> 0"),
+        (AddingTask, {"length": 20, "success_acc": 1.5}, "success_acc", "<= 1"),
+        (TemporalOrderTask, {"length": 20, "bits": 0}, "bits", ">= 1"),
+        (TemporalOrderTask, {"length": 20, "bits": 4}, "bits", "no default 'positions'"),
+        (TemporalOrderTask, {"length": 20, "bits": 3, "positions": [[0.1, 0.2], [0.4, 0.5]]}, "positions",
+         "3 [start, end] pairs"),
+        (TemporalOrderTask, {"length": 5}, "positions", "holds no time step at length 5"),
+    ],
+)
+def test_long_range_task_errors(cls, kwargs, culprit, words):
+    with pytest.raises(ConfigError) as err:
+        cls(**kwargs)
+    msg = str(err.value)
+    assert repr(culprit) in msg and words in msg and cls.name in msg
+
+
+def test_within_tolerance():
+    pred = np.array([[[0.50, 1.0], [0.30, 1.0], [0.0, 0.0]]])
+    target = np.array([[[0.52, 1.0], [0.40, 1.0], [0.0, 0.05]]])
+    np.testing.assert_array_equal(within_tolerance(pred, target, 0.04), [[True, False, False]])
+    with pytest.raises(ConfigError, match="3-D"):
+        within_tolerance(pred[0], target[0], 0.04)

@@ -258,3 +258,55 @@ def test_grouped_validation_gives_the_metrics_of_per_batch_validation():
     assert _group_batches(x).shape == (1, 2, 21)
     np.testing.assert_array_equal(_group_batches(x)[0][:, 3:6], x[1])
     assert _group_batches(np.zeros((11, 2, 3))).shape == (11, 2, 3)
+
+
+# ---------------------------------------------------------------------- the long-range tasks
+@pytest.mark.parametrize("method", ["tp", "bptt"])
+def test_adding_trains_many_to_one_with_a_linear_output(method, tmp_path):
+    cfg = _config("task.name=adding", "task.length=12", f"method.name={method}", "protocol.n_batches=150",
+                  "optimizer.lr_f=3e-3", "optimizer.lr_y=3e-3", runs_dir=tmp_path)
+    t = Trainer(cfg, tmp_path / "run")
+    assert not t.model.many_to_many and t.model.output == "linear" and t.model.inputs == "real"
+    assert t.val_inputs.shape == (3, 12, 20, 2) and t.val_labels.shape == (3, 1, 20, 1)
+    s = t.run()
+    assert s["status"] == "completed" and s["baseline_loss"] == pytest.approx(1 / 24)
+    assert s["success_acc"] == 0.99 and s["solved"] is False
+    # the validation loss is the mean squared error of the predictions at the last step
+    pred = np.concatenate([t.model.predict(x) for x in t.val_inputs], axis=1)
+    target = np.concatenate(list(t.val_labels), axis=1)
+    assert s["final"]["val_loss"] == pytest.approx(float(np.mean((pred - target) ** 2)), rel=1e-4)
+    assert s["final"]["seq_acc"] == pytest.approx(float(np.mean(np.abs(pred - target) < 0.04)))
+    first = t.state.rows[0]["val_loss"]
+    assert s["final"]["val_loss"] < first  # it learns something in 150 batches
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["task"]["name"] == "adding"
+
+
+def test_temporal_order_trains_and_resumes_bit_for_bit(tmp_path):
+    sets = ["task.name=temporal_order", "task.length=20", "task.bits=3", "protocol.n_batches=100"]
+    full = Trainer(_config(*sets))
+    s = full.run()
+    assert s["baseline_loss"] == pytest.approx(math.log(8)) and s["solved"] in (True, False)
+    assert full.model.n_out == 8 and full.val_labels.shape == (3, 1, 20)
+    # stop after the first checkpoint (batch 50) and resume from the run folder
+    part = Trainer(_config(*sets, runs_dir=tmp_path), tmp_path / "run")
+
+    class StopAt50(Callback):
+        def on_checkpoint(self, trainer, path):
+            trainer.request_stop("test")
+
+    part.callbacks.append(StopAt50())
+    assert part.run()["status"] == "aborted"
+    resumed = Trainer.resume(tmp_path / "run")
+    assert resumed.task.positions == ((0.1, 0.2), (0.3, 0.4), (0.6, 0.7)) and resumed.task.bits == 3
+    resumed.run()
+    for k, v in full.model.params.items():
+        np.testing.assert_array_equal(v, resumed.model.params[k])
+
+
+def test_grouped_validation_keeps_trailing_axes():
+    from tpgraph.train.trainer import _group_batches
+
+    x = np.arange(4 * 3 * 5 * 2).reshape(4, 3, 5, 2)
+    g = _group_batches(x)
+    assert g.shape == (1, 3, 20, 2)
+    np.testing.assert_array_equal(g[0][:, 5:10], x[1])

@@ -8,6 +8,13 @@ W_xh x_t + c_h)`` (which uses ``W_xh`` without training it), logits
 cross-entropy ``E_t`` against labels ``l_t``. ``h_0`` is a data input held at
 zero. Many-to-one keeps only ``y_L``, ``l_L``, ``E_L``.
 
+For real-valued sequences (the adding problem) ``inputs="real"`` declares
+``x_t`` as real data ``[B, n_in]`` instead; for regression targets
+``output="linear"`` declares ``y_t = W_hy h_t + b_y`` as a linear dense node
+(``act="identity"``) compared with real targets ``l_t`` by a squared-error
+loss ``E_t = 1/2 ||y_t - l_t||^2`` (the graph's ``mse`` kind). Both are
+declarations only: the engine runs them like any other graph.
+
 Nothing here is special-cased in the engine: :func:`build_srn` only declares
 a graph; :class:`SRN` compiles it once per sequence length and trains it.
 """
@@ -23,7 +30,7 @@ from ..errors import ConfigError, DataError, GraphError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
 from ..rules import get_rule
-from ..tasks.base import sequence_accuracy, step_accuracy
+from ..tasks.base import sequence_accuracy, step_accuracy, within_tolerance
 
 #: The initialisation of the authors' code (NOTES.md): orthogonal recurrent
 #: and inverse matrices, N(0, 0.1^2) input and output weights, zero biases.
@@ -41,6 +48,8 @@ FORWARD_GROUPS = ("W_xh", "W_h", "b_h")
 INVERSE_GROUPS = ("V_h", "c_h")
 OUTPUT_GROUPS = ("W_hy", "b_y")
 METHODS = ("tp", "bptt")
+INPUTS = ("index", "real")
+OUTPUTS = ("softmax", "linear")
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,27 +59,43 @@ def _names(prefix, length, start=1):
 
 def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many: bool = True,
               credit: str = "dtp", noise: float = 0.0, dtype="float32", merge: str = "linear",
-              reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh") -> Graph:
+              reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh", inputs: str = "index",
+              output: str = "softmax") -> Graph:
     """Declare the SRN unrolled over ``length`` steps.
 
     ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"``,
     ``"fa"`` or ``"gradient"``); use ``graph.with_rules("gradient")`` for BPTT.
+    ``inputs`` is ``"index"`` (one-hot tokens by gather) or ``"real"``
+    (``x_t`` real vectors); ``output`` is ``"softmax"`` (logits and
+    cross-entropy against integer labels) or ``"linear"`` (a linear output
+    and a squared error against real targets).
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"SRN: {name} must be a positive int, got {v!r}")
+    if inputs not in INPUTS:
+        raise ConfigError(f"SRN: inputs must be one of {INPUTS}, got {inputs!r}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"SRN: output must be one of {OUTPUTS}, got {output!r}")
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
     g.input("h_0", n_hidden)
     for t in range(1, length + 1):
-        g.index_input(f"x_{t}", n_in)
+        if inputs == "index":
+            g.index_input(f"x_{t}", n_in)
+        else:
+            g.input(f"x_{t}", n_in)
         g.dense(f"h_{t}", [f"x_{t}", f"h_{t - 1}"], n_hidden, act=act, weights=["W_xh", "W_h"],
                 bias="b_h", rules=["none", credit])
         g.add_inverse(f"h_{t}", of=f"h_{t - 1}", weight="V_h", bias="c_h", act=inverse_act,
                       others="forward", noise=noise)
-        if many_to_many or t == length:
+        if (many_to_many or t == length) and output == "softmax":
             g.softmax_output(f"y_{t}", [f"h_{t}"], n_out, weights=["W_hy"], bias="b_y", rules=["gradient"])
             g.index_input(f"l_{t}", n_out)
             g.cross_entropy(f"E_{t}", f"y_{t}", f"l_{t}", reduction=reduction)
+        elif many_to_many or t == length:
+            g.dense(f"y_{t}", [f"h_{t}"], n_out, act="identity", weights=["W_hy"], bias="b_y", rules=["gradient"])
+            g.input(f"l_{t}", n_out)
+            g.mse(f"E_{t}", f"y_{t}", f"l_{t}", reduction=reduction)
     for group, spec in PAPER_INIT.items():
         g.init(group, spec)
     return g
@@ -87,10 +112,23 @@ class SRN:
     Parameters
     ----------
     n_in, n_hidden, n_out : int
-        Vocabulary of the one-hot inputs, hidden units, output classes.
+        Vocabulary of the one-hot inputs (or width of real inputs), hidden
+        units, output classes (or width of real outputs).
     method : {"tp", "bptt"}
     many_to_many : bool
         An output at every step (True) or only at the last.
+    inputs : {"index", "real"}
+        Integer tokens ``[L, B]`` (one-hot by gather) or real vectors ``[L, B, n_in]``.
+    output : {"softmax", "linear"}
+        Classification (logits, cross-entropy against integer labels) or
+        regression (a linear output, squared error against real targets
+        ``[L_out, B, n_out]``). Regression losses are reported as the mean
+        squared error per output component, ``mean (y - l)^2``, twice the
+        graph's ``1/2 ||y - l||^2`` per component; accuracy counts an output
+        step as right when every component is within ``tolerance``.
+    tolerance : float
+        Regression only: the largest absolute error (exclusive) that counts
+        as right (0.04: the adding problem's threshold).
     alpha : float
         Step size of the loss targets (TP; BPTT uses 1, its exact gradient).
     optimizer : str
@@ -115,7 +153,8 @@ class SRN:
                  dtype="float32", seed: int = 0, alpha: float = 0.1, optimizer: str = "adam",
                  lr_f: float = 1e-3, lr_g: float = 1e-3, lr_y: float = 1e-3, noise_sigma: float = 0.0,
                  merge: str = "linear", credit: str = "dtp", reduction: str = "mean", fast_tanh: bool = True,
-                 optimizer_options: dict | None = None):
+                 optimizer_options: dict | None = None, inputs: str = "index", output: str = "softmax",
+                 tolerance: float = 0.04):
         if method not in METHODS:
             raise ConfigError(f"SRN: method must be one of {METHODS}, got {method!r}")
         try:
@@ -126,7 +165,11 @@ class SRN:
             raise ConfigError(f"SRN: credit {credit!r} carries no credit back in time; choose dtp, tp or fa")
         if not (isinstance(noise_sigma, (int, float)) and np.isfinite(noise_sigma) and noise_sigma >= 0):
             raise ConfigError(f"SRN: noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)
+                                                and tolerance > 0):
+            raise ConfigError(f"SRN: tolerance must be a finite number > 0, got {tolerance!r}")
         self.n_in, self.n_hidden, self.n_out = n_in, n_hidden, n_out
+        self.inputs, self.output, self.tolerance = inputs, output, float(tolerance)
         self.method = method
         self.many_to_many = many_to_many
         self.dtype = np.dtype(dtype)
@@ -134,7 +177,7 @@ class SRN:
         self.alpha = alpha if method == "tp" else 1.0
         self._graph_opts = dict(n_in=n_in, n_hidden=n_hidden, n_out=n_out, many_to_many=many_to_many,
                                 credit=credit, noise=noise_sigma, dtype=self.dtype, merge=merge,
-                                reduction=reduction)
+                                reduction=reduction, inputs=inputs, output=output)
         groups = {g: {"lr": lr_f} for g in FORWARD_GROUPS}
         groups.update({g: {"lr": lr_g} for g in INVERSE_GROUPS})
         groups.update({g: {"lr": lr_y, "scale": 1.0 / self.alpha} for g in OUTPUT_GROUPS})
@@ -147,7 +190,9 @@ class SRN:
         self._first: Engine | None = None
 
     def __repr__(self):
-        return (f"SRN(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, method={self.method!r}, "
+        kinds = "" if (self.inputs, self.output) == ("index", "softmax") else \
+            f", inputs={self.inputs!r}, output={self.output!r}"
+        return (f"SRN(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, method={self.method!r}{kinds}, "
                 f"dtype={self.dtype.name})")
 
     # ------------------------------------------------------------------ graphs and engines
@@ -172,21 +217,25 @@ class SRN:
 
     def _batch(self, inputs, labels):
         inputs = np.asarray(inputs)
-        if inputs.ndim != 2:
-            raise DataError(f"inputs must be time-major integers [L, B], got shape {inputs.shape}")
-        L, B = inputs.shape
+        real = self.inputs == "real"
+        if (inputs.ndim != 3 or inputs.shape[2] != self.n_in) if real else inputs.ndim != 2:
+            want = f"time-major reals [L, B, {self.n_in}]" if real else "time-major integers [L, B]"
+            raise DataError(f"inputs must be {want}, got shape {inputs.shape}")
+        L, B = inputs.shape[:2]
         h0 = self._h0.get(B)
         if h0 is None:
             h0 = self._h0[B] = np.zeros((1, B, self.n_hidden), dtype=self.dtype)
         batch = {("h_0",): h0, _names("x", L): inputs}
         if labels is not None:
             labels = np.asarray(labels)
-            want = (L, B) if self.many_to_many else (B,)
-            if labels.shape not in (want, (L, B)):
-                raise DataError(f"labels must have shape {list(want)} to match inputs {list(inputs.shape)}, "
+            extra = (self.n_out,) if self.output == "linear" else ()
+            # many-to-one: labels of the last step only ([1, B] or [B]) or of every step (the last is used)
+            allowed = [(L, B) + extra] if self.many_to_many else [(1, B) + extra, (B,) + extra, (L, B) + extra]
+            if labels.shape not in allowed:
+                raise DataError(f"labels must have shape {list(allowed[0])} to match inputs {list(inputs.shape)}, "
                                 f"got {list(labels.shape)}")
             if not self.many_to_many:
-                labels = labels[-1:] if labels.ndim == 2 else labels[None]
+                labels = labels[-1:] if labels.ndim == 2 + len(extra) else labels[None]
                 batch[(f"l_{L}",)] = labels
             else:
                 batch[_names("l", L)] = labels
@@ -194,54 +243,85 @@ class SRN:
 
     # ------------------------------------------------------------------ training
     def train_step(self, inputs, labels, *, update_forward: bool = True, update_inverse: bool = True) -> float:
-        """One step on a batch (time-major ``[L, B]`` integers); returns the mean per-step loss."""
+        """One step on a batch (time-major ``[L, B]`` integers or ``[L, B, n_in]`` reals).
+
+        Returns the mean per-step loss: the cross-entropy, or for a linear
+        output the mean squared error per output component.
+        """
         L, batch = self._batch(inputs, labels)
         eng = self.engine(L)
         res = eng.step(batch, update_forward=update_forward, update_inverse=update_inverse and self.method == "tp")
-        return res.loss / self._n_outputs(L)
+        return res.loss * self._loss_factor(L)
 
     def _n_outputs(self, L):
         return L if self.many_to_many else 1
 
+    def _loss_factor(self, L):
+        """From the engine's total loss to the reported per-step loss (MSE per component for regression)."""
+        if self.output == "linear":
+            return 2.0 / (self._n_outputs(L) * self.n_out)
+        return 1.0 / self._n_outputs(L)
+
     def predict_logits(self, inputs) -> np.ndarray:
-        """Logits ``[L_out, B, n_out]`` of a forward pass (``L_out`` = L, or 1 for many-to-one)."""
-        L = np.asarray(inputs).shape[0]
+        """Outputs ``[L_out, B, n_out]`` of a forward pass (``L_out`` = L, or 1 for many-to-one).
+
+        Logits for a softmax output, the predictions themselves for a linear one.
+        A fresh array (not a view of the engine's buffers, which the next pass reuses).
+        """
+        inputs = np.asarray(inputs)
+        L, B = inputs.shape[:2]
         eng = self.engine(L)
-        eng.feed(self._batch(inputs, None)[1] | self._dummy_labels(L, np.asarray(inputs).shape[1]))
+        eng.feed(self._batch(inputs, None)[1] | self._dummy_labels(L, B))
         eng.forward()
         names = _names("y", L) if self.many_to_many else (f"y_{L}",)
-        return eng.stacked_values(names)
+        return np.array(eng.stacked_values(names))
+
+    predict = predict_logits
 
     def _dummy_labels(self, L, B):
-        if self.many_to_many:
-            return {_names("l", L): np.zeros((L, B), dtype=np.int64)}
-        return {(f"l_{L}",): np.zeros((1, B), dtype=np.int64)}
+        n = self._n_outputs(L)
+        shape, dtype = ((n, B, self.n_out), self.dtype) if self.output == "linear" else ((n, B), np.int64)
+        names = _names("l", L) if self.many_to_many else (f"l_{L}",)
+        return {names: np.zeros(shape, dtype=dtype)}
 
     def evaluate(self, inputs, labels) -> dict:
         """Loss and accuracies on batches ``[n_batches, L, B]`` (or one batch ``[L, B]``).
 
-        Returns ``loss`` (mean per-step cross-entropy), ``step_acc`` (fraction
-        of positions right) and ``seq_acc`` (fraction of sequences right at
-        every position).
+        Real inputs carry one more axis (``[..., n_in]``), regression targets
+        too (``[..., n_out]``). Returns ``loss`` (the mean per-step
+        cross-entropy, or mean squared error per component), ``step_acc``
+        (fraction of output steps right: the class, or every component within
+        ``tolerance``) and ``seq_acc`` (fraction of sequences right at every
+        output step). A many-to-one model has one output step, so the two
+        accuracies are equal.
         """
         inputs = np.asarray(inputs)
         labels = np.asarray(labels)
-        if inputs.ndim == 2:
+        one = 2 + (self.inputs == "real")
+        if inputs.ndim == one:
             inputs, labels = inputs[None], labels[None]
-        n, L, B = inputs.shape
+        n, L, B = inputs.shape[:3]
         eng = self.engine(L)
         names = _names("y", L) if self.many_to_many else (f"y_{L}",)
+        m = len(names)
         total = step_acc = seq_acc = 0.0
-        pred = np.zeros(len(names) * B, dtype=np.int64)
+        pred = np.zeros(m * B, dtype=np.int64)
         for i in range(n):
             _, batch = self._batch(inputs[i], labels[i])
             total += eng.forward(batch).loss
             z = eng.stacked_values(names)
-            argmax_rows(z.reshape(-1, z.shape[-1]), pred)
-            lab = (labels[i] if self.many_to_many else labels[i][-1:]).reshape(len(names), B)
-            step_acc += step_accuracy(pred.reshape(len(names), B), lab)
-            seq_acc += sequence_accuracy(pred.reshape(len(names), B), lab)
-        return {"loss": total / (n * self._n_outputs(L)), "step_acc": step_acc / n, "seq_acc": seq_acc / n}
+            lab = np.asarray(next(v for k, v in batch.items() if k[0].startswith("l_")))
+            if self.output == "linear":
+                hits = within_tolerance(z, lab.reshape(m, B, self.n_out), self.tolerance)
+                right = np.ones_like(hits)
+                step_acc += step_accuracy(hits, right)
+                seq_acc += sequence_accuracy(hits, right)
+            else:
+                argmax_rows(z.reshape(-1, z.shape[-1]), pred)
+                lab = lab.reshape(m, B)
+                step_acc += step_accuracy(pred.reshape(m, B), lab)
+                seq_acc += sequence_accuracy(pred.reshape(m, B), lab)
+        return {"loss": total * self._loss_factor(L) / n, "step_acc": step_acc / n, "seq_acc": seq_acc / n}
 
     def reconstruction_loss(self) -> float:
         """The inverse's reconstruction loss per sample at the last TP step (NaN before any)."""

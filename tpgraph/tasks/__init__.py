@@ -1,4 +1,5 @@
-"""Synthetic sequence tasks: copy memory and sequence expansion.
+"""Synthetic sequence tasks: copy memory, sequence expansion, and the long-range
+adding and temporal-order problems.
 
 Use :func:`make_task` to build a task from its registry name and options,
 for example from a configuration file::
@@ -12,25 +13,32 @@ from __future__ import annotations
 import inspect
 
 from tpgraph.errors import ConfigError
-from tpgraph.tasks.base import Task, check_int_option, sequence_accuracy, step_accuracy
+from tpgraph.tasks.adding import AddingTask
+from tpgraph.tasks.base import Task, check_int_option, sequence_accuracy, step_accuracy, within_tolerance
 from tpgraph.tasks.copy_memory import CopyMemoryTask
 from tpgraph.tasks.sequence_expansion import SequenceExpansionTask
+from tpgraph.tasks.temporal_order import TemporalOrderTask
 
 __all__ = [
     "TASKS",
+    "AddingTask",
     "CopyMemoryTask",
     "SequenceExpansionTask",
+    "TemporalOrderTask",
     "Task",
     "check_int_option",
     "make_task",
     "sequence_accuracy",
     "step_accuracy",
+    "within_tolerance",
 ]
 
 #: Registry of the tasks: name -> class.
 TASKS: dict[str, type[Task]] = {
     CopyMemoryTask.name: CopyMemoryTask,
     SequenceExpansionTask.name: SequenceExpansionTask,
+    AddingTask.name: AddingTask,
+    TemporalOrderTask.name: TemporalOrderTask,
 }
 
 
@@ -52,10 +60,12 @@ def make_task(name: str, **options: object) -> Task:
     Parameters
     ----------
     name : str
-        A key of :data:`TASKS`: ``"copy_memory"`` or ``"sequence_expansion"``.
+        A key of :data:`TASKS`: ``"copy_memory"``, ``"sequence_expansion"``,
+        ``"adding"`` or ``"temporal_order"``.
     **options
         Constructor arguments of that task, e.g. ``delay=10`` for copy
-        memory or ``length=20`` for sequence expansion.
+        memory or ``length=20`` for sequence expansion, adding and temporal
+        order.
 
     Returns
     -------

@@ -1,20 +1,29 @@
 """Common machinery of the sequence tasks.
 
-Every task produces integer token sequences in *time-major* layout: an
-array of shape ``[length, batch_size]`` whose entry ``[t, b]`` is the token
-fed (or expected) at time step ``t`` of sequence ``b``. The model turns the
-input indices into one-hot vectors itself (by a gather), so the tasks never
-build one-hot arrays.
+Every task produces sequences in *time-major* layout. Token tasks (copy
+memory, sequence expansion, temporal order; ``input_kind == "index"``) give
+an integer array of shape ``[length, batch_size]`` whose entry ``[t, b]`` is
+the token fed at time step ``t`` of sequence ``b``; the model turns the
+indices into one-hot vectors itself (by a gather), so the tasks never build
+one-hot arrays. Real-valued tasks (the adding problem; ``input_kind ==
+"real"``) give ``float64`` arrays ``[length, batch_size, n_in]``.
+
+Labels are time-major too, with :attr:`Task.label_length` steps: ``length``
+for many-to-many tasks, 1 for many-to-one tasks (only the last step has a
+label). Classification labels are integers ``[label_length, batch_size]``;
+regression targets (``output_kind == "regression"``) are ``float64``
+``[label_length, batch_size, n_out]``.
 
 This module holds the abstract :class:`Task`, the option validators shared by
-the concrete tasks, and the two accuracy measures :func:`step_accuracy` and
-:func:`sequence_accuracy`.
+the concrete tasks, and the accuracy measures :func:`step_accuracy`,
+:func:`sequence_accuracy` and :func:`within_tolerance`.
 """
 
 from __future__ import annotations
 
 import abc
-
+import json
+import math
 import numbers
 
 import numpy as np
@@ -24,8 +33,11 @@ from tpgraph.errors import ConfigError
 __all__ = [
     "Task",
     "check_int_option",
+    "check_float_option",
+    "check_positions",
     "sequence_accuracy",
     "step_accuracy",
+    "within_tolerance",
 ]
 
 
@@ -74,6 +86,143 @@ def check_int_option(name: str, value: object, minimum: int, owner: str = "task"
             f"{owner}: option {name!r} must be an integer >= {minimum}, got {value!r}"
         )
     return value
+
+
+def check_float_option(name: str, value: object, *, above: float | None = None, maximum: float | None = None,
+                       owner: str = "task") -> float:
+    """Validate a real-valued option and return it as a Python ``float``.
+
+    Parameters
+    ----------
+    name : str
+        Name of the option, used in the error message.
+    value : object
+        The value given by the caller (an int or a float; ``bool`` is rejected).
+    above : float, optional
+        The value must be strictly greater than this.
+    maximum : float, optional
+        The value must be at most this.
+    owner : str, optional
+        What the option belongs to, used in the error message.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is not a finite number in the allowed range; the message
+        names the option, the value given and the allowed values.
+    """
+    bounds = []
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+    allowed = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(value) and (above is None or value > above) and (maximum is None or value <= maximum)
+    if not ok:
+        raise ConfigError(f"{owner}: option {name!r} must be {allowed}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_positions(name: str, value: object, length: int, count: int, owner: str = "task") -> tuple:
+    """Validate ranges of marker positions given as fractions of the sequence length.
+
+    Parameters
+    ----------
+    name : str
+        Name of the option (``"positions"``), used in the error message.
+    value : sequence of pairs
+        ``count`` pairs ``[start, end]`` with ``0 <= start < end <= 1``. Pair
+        ``i`` allows the 0-based time steps ``floor(start * length) <= p <
+        floor(end * length)``; the ranges must be in increasing order and not
+        overlap, and each must hold at least one time step.
+    length : int
+        The sequence length ``T``.
+    count : int
+        How many ranges the task needs.
+    owner : str, optional
+        What the option belongs to, used in the error message.
+
+    Returns
+    -------
+    tuple
+        ``((start, end), ...)`` as floats.
+
+    Raises
+    ------
+    ConfigError
+        If the value is not ``count`` such pairs, or a range holds no time
+        step at this ``length`` (the message gives the steps it covers).
+    """
+    example = "[[0.1, 0.2], [0.4, 0.5]]"
+    shape_msg = (f"{owner}: option {name!r} must be a list of {count} [start, end] pairs of fractions of the "
+                 f"length with 0 <= start < end <= 1 (e.g. {example}), got {value!r}")
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != count:
+        raise ConfigError(shape_msg)
+    out = []
+    for pair in value:
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise ConfigError(shape_msg)
+        a, b = pair
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                   for v in (a, b)) or not 0.0 <= a < b <= 1.0:
+            raise ConfigError(shape_msg)
+        out.append((float(a), float(b)))
+    previous_end = 0
+    for i, (a, b) in enumerate(out):
+        lo, hi = _step(a, length), _step(b, length)
+        if hi <= lo:
+            raise ConfigError(f"{owner}: option {name!r}: range {i} [{a:g}, {b:g}) holds no time step at length "
+                              f"{length} (steps {lo}..{hi - 1}); use a longer 'length' or a wider range")
+        if lo < previous_end:
+            raise ConfigError(f"{owner}: option {name!r}: range {i} [{a:g}, {b:g}) (steps {lo}..{hi - 1}) "
+                              f"overlaps or precedes range {i - 1} at length {length}; the ranges must be in "
+                              f"increasing order and disjoint")
+        previous_end = hi
+    return tuple(out)
+
+
+def position_steps(positions: tuple, length: int) -> list[tuple[int, int]]:
+    """The half-open 0-based step ranges ``[floor(start T), floor(end T))`` of validated ``positions``."""
+    return [(_step(a, length), _step(b, length)) for a, b in positions]
+
+
+def _step(fraction: float, length: int) -> int:
+    """``floor(fraction * length)``, robust to round-off (``0.57 * 100`` is step 57, not 56)."""
+    return math.floor(fraction * length + 1e-9)
+
+
+def within_tolerance(pred: np.ndarray, targets: np.ndarray, tolerance: float) -> np.ndarray:
+    """Which predictions are within ``tolerance`` of their targets, in every component.
+
+    Parameters
+    ----------
+    pred, targets : numpy.ndarray
+        Real arrays of equal shape ``[length, batch, n]`` (time-major).
+    tolerance : float
+        The largest absolute error that counts as right (exclusive).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bool`` array ``[length, batch]``: ``all(|pred - targets| < tolerance)``
+        over the last axis. With :func:`step_accuracy` /
+        :func:`sequence_accuracy` of ``hits`` against ``True`` this gives the
+        fraction of steps / of sequences right.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> within_tolerance(np.array([[[0.50], [0.30]]]), np.array([[[0.52], [0.40]]]), 0.04)
+    array([[ True, False]])
+    """
+    p, t = np.asarray(pred), np.asarray(targets)
+    if p.shape != t.shape or p.ndim != 3:
+        raise ConfigError(f"within_tolerance: 'pred' and 'targets' must be 3-D arrays [length, batch, n] of "
+                          f"equal shape, got {p.shape} and {t.shape}")
+    return np.all(np.abs(p - t) < tolerance, axis=2)
 
 
 def _check_rng(rng: object, owner: str) -> np.random.Generator:
@@ -182,22 +331,32 @@ class Task(abc.ABC):
     ----------
     name : str
         Registry name of the task (the key in :data:`tpgraph.tasks.TASKS`).
-    blank : int
-        Token index of the blank symbol.
+    blank : int or None
+        Token index of the blank symbol (``None``: the task has none).
     marker : int or None
         Token index of the start-recall marker, or ``None`` if the task has
         no marker.
+    input_kind : {"index", "real"}
+        Integer tokens ``[length, batch]`` or real vectors ``[length, batch, n_in]``.
+    output_kind : {"class", "regression"}
+        Integer class labels (a softmax output, cross-entropy) or real targets
+        ``[label_length, batch, n_out]`` (a linear output, squared error).
+    many_to_one : bool
+        Only the last step has a label (:attr:`label_length` is 1).
 
     Notes
     -----
-    All arrays are ``int64`` and time-major: ``[length, batch_size]``.
-    ``n_out == n_in``: the output softmax runs over the whole vocabulary, and
-    the labels simply never use tokens that cannot be targets (such as the
-    marker).
+    All arrays are time-major. For the token tasks ``n_out == n_in`` unless a
+    subclass says otherwise: the output softmax runs over the whole
+    vocabulary, and the labels simply never use tokens that cannot be targets
+    (such as the marker).
     """
 
     name: str = "task"
     marker: int | None = None
+    input_kind: str = "index"
+    output_kind: str = "class"
+    many_to_one: bool = False
 
     # ------------------------------------------------------------------ API
     @property
@@ -216,9 +375,19 @@ class Task(abc.ABC):
         return self.n_in
 
     @property
-    @abc.abstractmethod
-    def blank(self) -> int:
-        """int: Token index of the blank symbol."""
+    def label_length(self) -> int:
+        """int: Time steps that carry a label: :attr:`length`, or 1 for a many-to-one task."""
+        return 1 if self.many_to_one else self.length
+
+    @property
+    def blank(self) -> int | None:
+        """int or None: Token index of the blank symbol (None: the task has none)."""
+        return None
+
+    @property
+    def success_accuracy(self) -> float | None:
+        """float or None: The validation accuracy at which a run counts as having solved the task."""
+        return None
 
     @property
     @abc.abstractmethod
@@ -254,9 +423,11 @@ class Task(abc.ABC):
         Returns
         -------
         inputs : numpy.ndarray
-            ``int64`` array of shape ``[length, batch_size]`` (time-major).
+            ``int64`` array of shape ``[length, batch_size]`` (time-major);
+            ``float64`` ``[length, batch_size, n_in]`` for real inputs.
         labels : numpy.ndarray
-            ``int64`` array of shape ``[length, batch_size]`` (time-major).
+            ``int64`` array of shape ``[label_length, batch_size]``;
+            ``float64`` ``[label_length, batch_size, n_out]`` for regression.
 
         Raises
         ------
@@ -267,7 +438,9 @@ class Task(abc.ABC):
         _check_rng(rng, f"{self.name}.batch")
         batch_size = check_int_option("batch_size", batch_size, 1, f"{self.name}.batch")
         inputs, labels = self._draw(rng, batch_size)
-        return inputs.astype(np.int64, copy=False), labels.astype(np.int64, copy=False)
+        in_type = np.int64 if self.input_kind == "index" else np.float64
+        out_type = np.int64 if self.output_kind == "class" else np.float64
+        return inputs.astype(in_type, copy=False), labels.astype(out_type, copy=False)
 
     def validation_set(
         self, seed: int, n_batches: int, batch_size: int
@@ -287,9 +460,10 @@ class Task(abc.ABC):
         Returns
         -------
         inputs : numpy.ndarray
-            ``int64`` array of shape ``[n_batches, length, batch_size]``.
+            The batches of :meth:`batch` stacked: ``[n_batches, length,
+            batch_size]`` (real inputs: ``[..., n_in]`` more).
         labels : numpy.ndarray
-            ``int64`` array of shape ``[n_batches, length, batch_size]``.
+            ``[n_batches, label_length, batch_size]`` (regression: ``[..., n_out]``).
 
         Raises
         ------
@@ -317,9 +491,9 @@ class Task(abc.ABC):
         Returns
         -------
         inputs : numpy.ndarray
-            1-D ``int64`` array of length :attr:`length`.
+            Sequence ``0`` of a batch of one: ``[length]`` (real inputs: ``[length, n_in]``).
         labels : numpy.ndarray
-            1-D ``int64`` array of length :attr:`length`.
+            Its labels: ``[label_length]`` (regression: ``[label_length, n_out]``).
         """
         inputs, labels = self.batch(rng, 1)
         return inputs[:, 0].copy(), labels[:, 0].copy()
@@ -388,4 +562,4 @@ class Task(abc.ABC):
         return type(self) is type(other) and self.options() == other.options()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self.options().items()))))
+        return hash((type(self).__name__, json.dumps(self.options(), sort_keys=True)))

@@ -43,7 +43,21 @@ __all__ = [
     "OutputConfig", "SECTIONS", "load_config", "apply_overrides", "to_toml", "describe_keys",
 ]
 
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (the inverse of :func:`_frozen`, for TOML and JSON)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (from TOML or JSON) as tuples, recursively, so that a frozen config stays hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _opt(kind: type, default: Any, help: str, *, choices: Iterable[str] | None = None,
@@ -92,6 +106,10 @@ def _check_value(path: str, meta: Mapping, value: Any) -> Any:
             ok = math.isfinite(value)
     elif kind is str:
         ok = isinstance(value, str)
+    elif kind is list:
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            value = _frozen(value)
     if not ok:
         raise ConfigError(f"{path} must be {_allowed(meta)}, got {value!r} ({type(value).__name__})")
     if meta["choices"] and value not in meta["choices"]:
@@ -118,22 +136,46 @@ def _optimizer_names() -> tuple[str, ...]:
 class TaskConfig:
     """``[task]``: the task and its options (NOTES.md gives the exact definitions)."""
 
-    name: str = _opt(str, "copy_memory", "task: copy_memory or sequence_expansion", choices=_task_names())
+    name: str = _opt(str, "copy_memory", "task: copy_memory, sequence_expansion, adding or temporal_order",
+                     choices=_task_names())
     delay: int = _opt(int, 5, "copy memory: the delay T (sequences have length T + 20)", minimum=1)
     n_memorise: int = _opt(int, 10, "copy memory: number of symbols to memorise", minimum=1)
     n_symbols: int | None = _opt(int, None, "number of distinct symbols (none: the task's default, "
                                  "8 for copy memory, 4 for sequence expansion)", minimum=1, nullable=True)
-    length: int | None = _opt(int, None, "sequence expansion: the sequence length T (required there)",
-                              minimum=2, nullable=True)
+    length: int | None = _opt(int, None, "sequence expansion, adding, temporal order: the sequence length T "
+                              "(required there)", minimum=2, nullable=True)
+    bits: int | None = _opt(int, None, "temporal order: number of relevant symbols, 2 (4 classes, the default) "
+                            "or 3 (8 classes)", minimum=1, nullable=True)
+    positions: list | None = _opt(list, None, "adding, temporal order: the ranges of the marked steps as "
+                                  "[start, end] fractions of the length, e.g. [[0.1, 0.2], [0.4, 0.5]] (none: the "
+                                  "task's default)", nullable=True)
+    tolerance: float | None = _opt(float, None, "adding: largest absolute error of a right sequence "
+                                   "(none: 0.04)", above=0.0, nullable=True)
+    success_acc: float | None = _opt(float, None, "adding, temporal order: validation accuracy at which the "
+                                     "task counts as solved (none: 0.99)", above=0.0, nullable=True)
 
     #: Which keys apply to which task (the others are left out of the written config).
     TASK_KEYS = {"copy_memory": ("delay", "n_memorise", "n_symbols"),
-                 "sequence_expansion": ("length", "n_symbols")}
+                 "sequence_expansion": ("length", "n_symbols"),
+                 "adding": ("length", "positions", "tolerance", "success_acc"),
+                 "temporal_order": ("length", "bits", "positions", "success_acc")}
+    #: Tasks that need task.length.
+    NEEDS_LENGTH = ("sequence_expansion", "adding", "temporal_order")
 
     def task_options(self) -> dict:
         """The keyword options of :func:`tpgraph.tasks.make_task` for this task."""
         opts = {k: getattr(self, k) for k in self.TASK_KEYS.get(self.name, ())}
         return {k: v for k, v in opts.items() if v is not None}
+
+    #: Keys that are an error when set for a task that does not take them. (The older keys of
+    #: copy memory and sequence expansion are left out silently, so that a copy-memory file can
+    #: be switched to another task with --set task.name=...)
+    STRICT_KEYS = ("bits", "positions", "tolerance", "success_acc")
+
+    def foreign_keys(self) -> list[str]:
+        """The :attr:`STRICT_KEYS` that are set but belong to other tasks than this one."""
+        mine = set(self.relevant_keys())
+        return [k for k in self.STRICT_KEYS if k not in mine and getattr(self, k) is not None]
 
     def relevant_keys(self) -> tuple[str, ...]:
         return ("name",) + self.TASK_KEYS.get(self.name, ())
@@ -145,7 +187,8 @@ class ModelConfig:
 
     n_hidden: int = _opt(int, 128, "hidden units of the SRN", minimum=1)
     dtype: str = _opt(str, "float32", "number type of parameters and activations", choices=("float32", "float64"))
-    many_to_many: bool = _opt(bool, True, "an output (and a loss) at every step; false: only at the last step")
+    many_to_many: bool = _opt(bool, True, "an output (and a loss) at every step; false: only at the last step "
+                              "(many-to-one tasks, adding and temporal_order, always have only the last)")
     fast_tanh: bool = _opt(bool, True, "use the fast rational tanh for float32 (exact tanh otherwise)")
 
 
@@ -295,9 +338,16 @@ class Config:
 
         t = self.task
         if t.name == "copy_memory" and t.length is not None:
-            raise ConfigError("task.length is an option of sequence_expansion; copy_memory takes task.delay")
-        if t.name == "sequence_expansion" and t.length is None:
-            raise ConfigError("task.length is required for sequence_expansion (an integer >= 2)")
+            raise ConfigError("task.length is an option of sequence_expansion, adding and temporal_order; "
+                              "copy_memory takes task.delay")
+        if t.name in t.NEEDS_LENGTH and t.length is None:
+            raise ConfigError(f"task.length is required for {t.name} (an integer >= 2)")
+        foreign = t.foreign_keys()
+        if foreign:
+            owners = {k: [n for n, keys in t.TASK_KEYS.items() if k in keys] for k in foreign}
+            k = foreign[0]
+            raise ConfigError(f"task.{k} is an option of {' and '.join(owners[k]) or 'no task'}, not of {t.name}; "
+                              f"{t.name} takes: {', '.join(t.TASK_KEYS.get(t.name, ()))}")
         try:
             make_task(t.name, **t.task_options())
         except ConfigError as exc:
@@ -316,7 +366,7 @@ class Config:
         for name in SECTIONS:
             section = getattr(self, name)
             keys = section.relevant_keys() if isinstance(section, TaskConfig) else [f.name for f in fields(section)]
-            out[name] = {k: getattr(section, k) for k in keys if getattr(section, k) is not None}
+            out[name] = {k: _plain(getattr(section, k)) for k in keys if getattr(section, k) is not None}
         return out
 
     def with_method(self, name: str) -> "Config":
@@ -431,6 +481,8 @@ def _toml_value(value: Any) -> str:
         return text if any(c in text for c in ".en") else text + ".0"
     if isinstance(value, str):
         return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
 
 

@@ -114,12 +114,22 @@ def build_task(config: Config) -> Task:
 
 
 def build_model(config: Config, task: Task) -> SRN:
-    """The SRN of a config for ``task`` (TP or BPTT, the same initialisation for both)."""
+    """The SRN of a config for ``task`` (TP or BPTT, the same initialisation for both).
+
+    The task decides the model's ends: one-hot or real inputs, a softmax or a
+    linear (squared-error) output, and for a many-to-one task (adding,
+    temporal order) one output at the last step whatever ``model.many_to_many``
+    says.
+    """
     m, me, o, p = config.model, config.method, config.optimizer, config.protocol
-    return SRN(task.n_in, m.n_hidden, task.n_out, method=me.name, many_to_many=m.many_to_many, dtype=m.dtype,
+    regression = task.output_kind == "regression"
+    extra = {"tolerance": task.tolerance} if regression else {}
+    return SRN(task.n_in, m.n_hidden, task.n_out, method=me.name,
+               many_to_many=m.many_to_many and not task.many_to_one, dtype=m.dtype,
                seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
                noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
-               fast_tanh=m.fast_tanh, optimizer_options=o.options())
+               fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
+               output="linear" if regression else "softmax", **extra)
 
 
 def data_stream(seed: int) -> np.random.Generator:
@@ -160,14 +170,17 @@ def new_run_dir(config: Config, label: str | None = None) -> Path:
 
 
 def _group_batches(a: np.ndarray, most: int = 10) -> np.ndarray:
-    """``[n, L, B]`` -> ``[n / k, L, k B]`` for the largest divisor ``k <= most`` of ``n``.
+    """``[n, L, B, ...]`` -> ``[n / k, L, k B, ...]`` for the largest divisor ``k <= most`` of ``n``.
 
     The same sequences in fewer, wider forward passes (about twice as fast to
-    validate); the metrics are means over all sequences either way.
+    validate); the metrics are means over all sequences either way. Trailing
+    axes (real inputs' features, regression targets' components) ride along.
     """
-    n, L, B = a.shape
+    n, L, B = a.shape[:3]
+    rest = a.shape[3:]
     k = max(d for d in range(1, min(n, most) + 1) if n % d == 0)
-    return np.ascontiguousarray(a.reshape(n // k, k, L, B).transpose(0, 2, 1, 3).reshape(n // k, L, k * B))
+    order = (0, 2, 1, 3) + tuple(range(4, 4 + len(rest)))
+    return np.ascontiguousarray(a.reshape(n // k, k, L, B, *rest).transpose(order).reshape(n // k, L, k * B, *rest))
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -608,6 +621,9 @@ class Trainer:
             "final": final,
             "beats_baseline": (None if baseline is None or s.best_val_loss is None
                                else bool(s.best_val_loss < baseline)),
+            "success_acc": self.task.success_accuracy,
+            "solved": (None if self.task.success_accuracy is None or s.best_seq_acc is None
+                       else bool(s.best_seq_acc >= self.task.success_accuracy)),
             "elapsed_s": elapsed,
             "train_s": train_s,
             "ms_per_batch": 1e3 * train_s / s.batch if s.batch else None,

@@ -1,0 +1,72 @@
+"""Tests of tpgraph.models.srn's input and output kinds: real inputs and a linear (regression) output."""
+
+import numpy as np
+import pytest
+
+import tpgraph as tp
+from tpgraph.errors import ConfigError, DataError
+
+
+def _numpy_forward(params, x):
+    """The SRN of Eqs. 13-15 with real inputs and a linear output, in plain NumPy: y_L."""
+    h = np.zeros((x.shape[1], params["W_h"].shape[0]))
+    for t in range(x.shape[0]):
+        h = np.tanh(x[t] @ params["W_xh"].T + h @ params["W_h"].T + params["b_h"])
+    return h @ params["W_hy"].T + params["b_y"]
+
+
+def test_regression_srn_declares_real_inputs_mse_and_a_linear_output():
+    g = tp.build_srn(3, 2, 5, 1, many_to_many=False, inputs="real", output="linear")
+    assert g.node("x_1").kind == "input" and g.node("x_1").size == 2
+    assert g.node("y_3").kind == "dense" and g.node("y_3").act == "identity"
+    assert g.node("E_3").kind == "mse" and g.node("l_3").kind == "input"
+    assert "y_2" not in g.nx
+
+
+def test_regression_srn_predicts_and_evaluates_like_numpy():
+    model = tp.SRN(2, 6, 1, dtype="float64", many_to_many=False, inputs="real", output="linear", seed=1,
+                   tolerance=0.3)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 9, 8, 2))    # two batches of 8 sequences of length 9
+    y = rng.uniform(size=(2, 1, 8, 1))
+    want = np.stack([_numpy_forward(model.params, xb) for xb in x])   # [2, 8, 1]
+    np.testing.assert_allclose(model.predict(x[0])[0], want[0], rtol=1e-12)
+    ev = model.evaluate(x, y)
+    err = want - y[:, 0]
+    assert ev["loss"] == pytest.approx(float(np.mean(err ** 2)), rel=1e-12)
+    assert ev["seq_acc"] == ev["step_acc"] == pytest.approx(float(np.mean(np.abs(err) < 0.3)))
+    # the training loss is the same mean squared error, before the update
+    assert model.train_step(x[0], y[0]) == pytest.approx(float(np.mean(err[0] ** 2)), rel=1e-12)
+
+
+def test_regression_labels_of_one_or_every_step():
+    model = tp.SRN(2, 4, 1, many_to_many=False, inputs="real", output="linear")
+    x = np.zeros((5, 3, 2))
+    a = model.evaluate(x, np.full((1, 3, 1), 0.5))["loss"]
+    b = model.evaluate(x, np.full((5, 3, 1), 0.5))["loss"]  # every step given: the last is used
+    assert a == b
+    with pytest.raises(DataError, match=r"labels must have shape \[1, 3, 1\]"):
+        model.train_step(x, np.zeros((1, 3)))
+    with pytest.raises(DataError, match=r"inputs must be time-major reals \[L, B, 2\]"):
+        model.train_step(np.zeros((5, 3), dtype=np.int64), np.zeros((1, 3, 1)))
+
+
+def test_bad_kinds_are_config_errors():
+    with pytest.raises(ConfigError, match="inputs must be one of"):
+        tp.SRN(2, 4, 1, inputs="onehot")
+    with pytest.raises(ConfigError, match="output must be one of"):
+        tp.SRN(2, 4, 1, output="sigmoid")
+    with pytest.raises(ConfigError, match="tolerance must be a finite number > 0"):
+        tp.SRN(2, 4, 1, output="linear", tolerance=0)
+
+
+def test_tp_learns_the_adding_problem_below_its_baseline():
+    task = tp.tasks.make_task("adding", length=15)
+    model = tp.SRN(2, 24, 1, many_to_many=False, inputs="real", output="linear", alpha=0.5, lr_f=1e-3,
+                   lr_g=1e-3, lr_y=3e-3, seed=0)
+    rng = np.random.default_rng(0)
+    xv, yv = task.validation_set(1, 4, 50)
+    for i in range(700):
+        x, y = task.batch(rng, 20)
+        model.train_step(x, y, update_forward=i >= 100)
+    assert model.evaluate(xv, yv)["loss"] < 0.8 * task.baseline_loss
