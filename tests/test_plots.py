@@ -89,3 +89,19 @@ def test_plot_errors(tmp_path):
     with pytest.raises(TPGraphError, match="no runs"):
         plots.plot_loss([], tmp_path / "x.png")
     assert list(METRIC_COLUMNS)[0] == "batch"
+
+
+def test_loss_axis_names_what_the_task_measures():
+    from tpgraph.plots import RunData, _loss_label
+
+    def run(name):
+        return RunData(name="r", method="tp", metrics={}, task={"name": name})
+
+    assert _loss_label([run("adding")]) == "mean squared error at the last step"
+    assert _loss_label([run("temporal_order")]) == "cross-entropy at the last step"
+    assert _loss_label([run("copy_memory")]) == "cross-entropy per time step"
+    assert _loss_label([run("copy_memory"), run("adding")]) == "cross-entropy per time step"
+    # list-valued task options (the marker ranges) do not break the title
+    r = RunData(name="r", method="tp", metrics={}, task={"name": "adding", "length": 50,
+                                                        "positions": [[0.0, 0.1], [0.1, 0.5]]})
+    assert plots._task_title([r, r]) == "adding, length T = 50"

@@ -16,6 +16,7 @@ The figures are drawn without ``pyplot`` (no global state, no display needed).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,10 @@ def _labels(runs: Sequence[RunData]) -> list[tuple[str, str]]:
 
 
 def _task_title(runs: Sequence[RunData]) -> str:
-    tasks = {tuple(sorted(r.task.items())) for r in runs if r.task}
+    tasks = {json.dumps(r.task, sort_keys=True) for r in runs if r.task}  # values may be lists (positions)
     if len(tasks) != 1:
         return ""
-    task = dict(next(iter(tasks)))
+    task = json.loads(next(iter(tasks)))
     name = str(task.pop("name", "")).replace("_", " ")
     if "delay" in task:
         return f"{name}, delay T = {task['delay']}"
@@ -101,6 +102,21 @@ def _shade_warmup(ax, runs: Sequence[RunData]) -> None:
         ax.axvspan(0, warm.pop(), color="0.85", alpha=0.5, lw=0, label="TP warm-up (inverse only)")
 
 
+def _loss_label(runs: Sequence[RunData]) -> str:
+    """What the loss axis measures: the cross-entropy, or the squared error of a regression task."""
+    from .tasks import TASKS
+
+    kinds = set()
+    for r in runs:
+        cls = TASKS.get(r.task.get("name"))
+        kinds.add((cls.output_kind, cls.many_to_one) if cls is not None else ("class", False))
+    if kinds == {("regression", True)}:
+        return "mean squared error at the last step"
+    if kinds == {("class", True)}:
+        return "cross-entropy at the last step"
+    return "cross-entropy per time step"
+
+
 def _draw_loss(ax, runs: Sequence[RunData], baseline: float | None) -> None:
     _shade_warmup(ax, runs)
     for r, (label, color) in zip(runs, _labels(runs)):
@@ -113,7 +129,7 @@ def _draw_loss(ax, runs: Sequence[RunData], baseline: float | None) -> None:
         ax.axhline(baseline, color="0.3", lw=1.2, ls=":", label=f"memoryless baseline ({baseline:.4f})")
     ax.set_yscale("log")
     ax.set_xlabel("training batches")
-    ax.set_ylabel("cross-entropy per time step")
+    ax.set_ylabel(_loss_label(runs))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
 
