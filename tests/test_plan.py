@@ -158,6 +158,29 @@ def test_unstacked_plan_has_one_node_per_stack():
     check_plan_is_sound(plan)
 
 
+def test_compiling_is_linear_in_the_graph(monkeypatch):
+    """No cycle search on a DAG (networkx's find_cycle re-walks the graph per start node: quadratic, and
+    an unstacked plan's stack graph is as large as the graph); few refinement rounds on the SRN."""
+    monkeypatch.setattr(nx, "find_cycle", lambda *a, **k: pytest.fail("find_cycle called on a DAG"))
+    import tpgraph.plan as plan_module
+
+    rounds = []
+    refine = plan_module._refine
+
+    def counting(sigs, ins, forced):
+        group = refine(sigs, ins, forced)
+        rounds.append(len(set(group)))
+        return group
+
+    monkeypatch.setattr(plan_module, "_refine", counting)
+    for L in (10, 400):
+        rounds.clear()
+        plan = compile_plan(tp.build_srn(L, 4, 5, 3))
+        assert len(plan.stacks) == 6 and rounds == [6]  # one refinement, the same at every length
+    plan = compile_plan(tp.build_srn(400, 4, 5, 3), stacking=False)
+    assert len(plan.stacks) == len(plan.where)
+
+
 # ---------------------------------------------------------------- stacked == unstacked on the SRN
 @pytest.mark.parametrize("credit,merge", [("dtp", "linear"), ("tp", "mean"), ("gradient", "linear"),
                                           ("dtp", "mean")])

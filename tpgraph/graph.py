@@ -299,9 +299,10 @@ class Graph:
     # ---------------------------------------------------------------- reading
     def node(self, name: str) -> Node:
         """The declared node ``name``."""
-        if name not in self.nx or "node" not in self.nx.nodes[name]:
-            raise GraphError(f"graph {self.name!r} has no node {name!r}")
-        return self.nx.nodes[name]["node"]
+        try:
+            return self.nx.nodes[name]["node"]
+        except (KeyError, TypeError):  # not in the graph, only named as an input, or not a name
+            raise GraphError(f"graph {self.name!r} has no node {name!r}") from None
 
     @property
     def nodes(self) -> list[Node]:
@@ -446,29 +447,31 @@ class Graph:
     def param_shapes(self) -> dict[str, tuple]:
         """Shapes of all parameter groups; a group used with two shapes is an error."""
         shapes: dict[str, tuple] = {}
-        where: dict[str, str] = {}
+        where: dict[str, tuple] = {}  # the first user of each group: a template and its arguments
 
-        def use(group, shape, by):
-            if group in shapes and shapes[group] != shape:
+        def use(group, shape, *by):  # ``by`` is formatted only for an error (this runs per edge)
+            if group not in shapes:
+                shapes[group] = shape
+                where[group] = by
+            elif shapes[group] != shape:
+                first, this = (b[0].format(*b[1:]) for b in (where[group], by))
                 raise GraphError(
                     f"parameter group {group!r} is used with two different shapes: {shapes[group]} by "
-                    f"{where[group]} and {shape} by {by}"
+                    f"{first} and {shape} by {this}"
                 )
-            shapes[group] = shape
-            where.setdefault(group, by)
 
         for n in self.nodes:
             if not isinstance(n, Dense):
                 continue
             for u, w in zip(n.inputs, n.weights):
                 use(w, (n.size, self._size(u)) if u in self.nx and "node" in self.nx.nodes[u] else None,
-                    f"node {n.name!r} (input {u!r})")
+                    "node {!r} (input {!r})", n.name, u)
             if n.bias is not None:
-                use(n.bias, (n.size,), f"node {n.name!r} (bias)")
+                use(n.bias, (n.size,), "node {!r} (bias)", n.name)
             for of, inv in n.inverses.items():
-                use(inv.weight, (self._size(of), n.size), f"inverse of {n.name!r} w.r.t. {of!r}")
+                use(inv.weight, (self._size(of), n.size), "inverse of {!r} w.r.t. {!r}", n.name, of)
                 if inv.bias is not None:
-                    use(inv.bias, (self._size(of),), f"inverse of {n.name!r} w.r.t. {of!r} (bias)")
+                    use(inv.bias, (self._size(of),), "inverse of {!r} w.r.t. {!r} (bias)", n.name, of)
         return shapes
 
     def init_params(self, seed: int = 0) -> ParamStore:
