@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -29,3 +31,78 @@ def test_custom_graph_merges_two_paths_at_h1():
     sid, k = plan.where["h1"]
     consumers = {plan.stacks[cs].members[ck] for cs, _, ck in plan.stacks[sid].incoming[k]}
     assert consumers == {"h2", "h3"}
+
+
+# ---------------------------------------------------------------------- the stacked SRN
+def test_stacked_srn_learns_copy_memory_below_the_baseline():
+    mod = load("stacked_srn")
+    history = mod.main(batches=500, every=250, quiet=True)
+    assert len(history) == 3
+    assert history[-1] < 0.5 * history[0]
+    from tpgraph.tasks import make_task
+
+    assert history[-1] < make_task("copy_memory", delay=2, n_memorise=3).baseline_loss
+
+
+def test_stacked_srn_nodes_get_proposals_from_above_and_from_the_future():
+    import numpy as np
+
+    import tpgraph as tp
+
+    mod = load("stacked_srn")
+    g = mod.build_stacked_srn(4, 5, 6, 5)
+    plan = tp.compile_plan(g)
+    chains = [st for st in plan.stacks if st.node.kind == "dense"]
+    assert [tuple(st.members) for st in chains] == [tuple(f"h1_{t}" for t in range(1, 5)),
+                                                    tuple(f"h2_{t}" for t in range(1, 5))]
+    eng = mod.make_engine(g, g.init_params(0), alpha=1.0, lr=1e-3, seed=0)
+    rng = np.random.default_rng(0)
+    zeros = np.zeros((1, 3, 6))
+    eng.step({("h1_0",): zeros, ("h2_0",): zeros, tuple(f"x_{t}" for t in range(1, 5)): rng.integers(0, 5, (4, 3)),
+              tuple(f"l_{t}" for t in range(1, 5)): rng.integers(0, 5, (4, 3))})
+    assert set(eng.proposals("h1_2")) == {"h2_2", "h1_3"}      # from above and from the future
+    assert set(eng.proposals("h2_2")) == {"y_2", "h2_3"}       # from its output and from the future
+    assert set(eng.proposals("h1_4")) == {"h2_4"}              # the last step: from above only
+    # the linear merge: the target's displacement is the sum of the proposals' displacements
+    h = eng.value("h1_2")
+    np.testing.assert_allclose(eng.target("h1_2") - h, sum(p - h for p in eng.proposals("h1_2").values()),
+                               atol=1e-6)
+
+
+# ---------------------------------------------------------------------- Lee et al.'s DTP network
+def test_dtp_feedforward_learns_and_trains_its_hidden_layers():
+    mod = load("dtp_feedforward")
+    tp_hist = mod.main(steps=600, every=300, quiet=True)
+    readout = mod.main(steps=600, every=300, method="readout", quiet=True)
+    assert len(tp_hist) == 3 and tp_hist[0] == readout[0]  # the same initialisation
+    assert tp_hist[-1] < 0.5 * tp_hist[0]
+    # DTP's hidden layers learned: far better than training the output on the random hidden layers
+    assert tp_hist[-1] < 0.6 * readout[-1]
+
+
+def test_dtp_feedforward_graph_has_one_inverse_per_layer_above_the_first():
+    mod = load("dtp_feedforward")
+    g = mod.build_dtp_network(6, (8, 8, 8), 4)
+    assert [g.node(f"h{i}").rules for i in (1, 2, 3)] == [("none",), ("dtp",), ("dtp",)]
+    assert [sorted(g.node(f"h{i}").inverses) for i in (1, 2, 3)] == [[], ["h1"], ["h2"]]
+    assert g.node("y").rules == ("gradient",)
+    data = mod.GaussianMixture(seed=3)
+    import numpy as np
+
+    a, b = data.sample(np.random.default_rng(0), 5), data.sample(np.random.default_rng(0), 5)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[0].shape == (5, 6) and set(a[1].tolist()) <= {0, 1, 2, 3}
+
+
+# ---------------------------------------------------------------------- the long-range tasks
+@pytest.mark.parametrize("task", ["adding", "temporal_order"])
+def test_long_range_srn_tp_and_bptt_learn_below_the_baseline(task):
+    mod = load("long_range_srn")
+    from tpgraph.tasks import make_task
+
+    out = mod.main(task, length=10, batches=400, every=200, quiet=True)
+    baseline = make_task(task, length=10).baseline_loss
+    assert out["tp"][0] == out["bptt"][0]  # the same initialisation and validation set
+    for method, history in out.items():
+        assert history[-1]["loss"] < 0.5 * history[0]["loss"], (method, history)
+        assert history[-1]["loss"] < 0.7 * baseline, (method, history)
