@@ -8,6 +8,8 @@ Like the paper's figures:
   of the inverse's ``V_h``) over training (Fig. 3);
 * :func:`plot_overview` — both, plus the whole-sequence accuracy, side by side;
 * :func:`plot_run` — the first two into a run folder (called at the end of a run).
+* :func:`plot_alignment` — the angles between a run's updates (and hidden
+  displacements, per time step) and BPTT's gradient, from ``alignment.csv``.
 
 Runs are read back from their folders (``metrics.csv``, ``summary.json``), so
 plots can be redrawn at any time: ``tpgraph plot runs/A runs/B -o ab.png``.
@@ -27,7 +29,8 @@ import numpy as np
 from .errors import TPGraphError
 from .train.records import RunFiles, read_metrics_csv, read_summary
 
-__all__ = ["RunData", "load_run", "plot_loss", "plot_spectral_radius", "plot_overview", "plot_run"]
+__all__ = ["RunData", "load_run", "plot_loss", "plot_spectral_radius", "plot_overview", "plot_run",
+           "plot_alignment"]
 
 _COLORS = {"tp": "#1f77b4", "bptt": "#d62728"}
 _OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e")
@@ -233,3 +236,61 @@ def plot_run(run_dir: str | Path, summary: dict | None = None) -> list[Path]:
     files = RunFiles(run_dir)
     run = load_run(files.root, summary)
     return [plot_loss([run], files.loss_plot), plot_spectral_radius([run], files.spectral_plot)]
+
+
+def _alignment_table(source) -> dict:
+    """Columns of an ``alignment.csv`` (a file, a run folder, or already a mapping of columns)."""
+    if isinstance(source, dict):
+        return {k: np.asarray(v, dtype=np.float64) for k, v in source.items()}
+    path = Path(source)
+    if path.is_dir():
+        path = path / "alignment.csv"
+    if not path.is_file():
+        raise TPGraphError(f"no alignment record at {str(path)!r}; train with protocol.alignment_every > 0")
+    return read_metrics_csv(path)
+
+
+def plot_alignment(source, path: str | Path, title: str | None = None, n_curves: int = 5) -> Path:
+    """Alignment angles with the gradient (``alignment.csv`` of a run) in one PNG.
+
+    Left: the angle between each parameter group's update and BPTT's
+    gradient over training, and the mean over time steps of the angle
+    between each hidden displacement and ``-dL/dh_t`` (dashed). Right: that
+    angle per time step ``t`` at ``n_curves`` measurements spread over training.
+    """
+    table = _alignment_table(source)
+    batch = table.get("batch")
+    if batch is None or batch.size == 0:
+        raise TPGraphError("the alignment record is empty")
+    fig, (a, b) = _figure(2, width=5.6)
+    groups = [k for k in table if k.startswith("angle_") and not k.startswith("angle_h_")]
+    for i, k in enumerate(groups):
+        a.plot(batch, table[k], label=k[len("angle_"):], color=_OTHER_COLORS[i % len(_OTHER_COLORS)], lw=1.2)
+    if "angle_h_mean" in table:
+        a.plot(batch, table["angle_h_mean"], "k--", lw=1.2, label="h_t (mean over t)")
+    a.axhline(90, color="0.6", lw=0.8, ls=":")
+    a.set_xlabel("training batches")
+    a.set_ylabel("angle with the gradient (degrees)")
+    a.set_ylim(0, 180)
+    a.legend(fontsize=8)
+    a.set_title("updates vs BPTT gradient")
+    steps = sorted((int(k[len("angle_h_"):]), k) for k in table
+                   if k.startswith("angle_h_") and k[len("angle_h_"):].isdigit())
+    if steps:
+        t = np.array([s for s, _ in steps])
+        rows = np.unique(np.linspace(0, batch.size - 1, min(n_curves, batch.size)).round().astype(int))
+        from matplotlib import colormaps
+
+        cmap = colormaps["viridis"]
+        for j, r in enumerate(rows):
+            b.plot(t, [table[k][r] for _, k in steps], color=cmap(j / max(len(rows) - 1, 1)), lw=1.2,
+                   marker=".", label=f"batch {int(batch[r])}")
+        b.axhline(90, color="0.6", lw=0.8, ls=":")
+        b.set_xlabel("time step t")
+        b.set_ylabel("angle of h_hat_t - h_t with -dL/dh_t (degrees)")
+        b.set_ylim(0, 180)
+        b.legend(fontsize=8)
+    b.set_title("hidden displacements vs -dL/dh_t")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

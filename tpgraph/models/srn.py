@@ -184,6 +184,7 @@ class SRN:
         self._engine_opts = dict(alpha=self.alpha, optimizer=optimizer, lr=lr_f, groups=groups,
                                  fast_tanh=fast_tanh, optimizer_options=optimizer_options, seed=seed)
         self._engines: dict[int, Engine] = {}
+        self._reference_engines: dict[int, Engine] = {}  # BPTT twins for alignment, per length
         self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
         first = self.graph(1)  # validates the options, fixes the parameter groups
         self.params = first.init_params(seed)
@@ -252,6 +253,24 @@ class SRN:
         eng = self.engine(L)
         res = eng.step(batch, update_forward=update_forward, update_inverse=update_inverse and self.method == "tp")
         return res.loss * self._loss_factor(L)
+
+    def alignment(self, inputs, labels):
+        """Angles between this model's credit assignment on a batch and BPTT's gradient of it.
+
+        See :func:`tpgraph.alignment.alignment`: per parameter group (``.groups``)
+        and per node (``.nodes``; ``.nodes_with_prefix("h_")`` per time step).
+        Changes no parameter, optimiser state or random generator, so a
+        training run gives the same result with or without measuring. The
+        BPTT engine of each length is built once and kept.
+        """
+        from ..alignment import alignment, reference_engine
+
+        L, batch = self._batch(inputs, labels)
+        eng = self.engine(L)
+        ref = self._reference_engines.get(L)
+        if ref is None or ref.params is not eng.params:
+            ref = self._reference_engines[L] = reference_engine(eng)
+        return alignment(eng, batch, ref)
 
     def _n_outputs(self, L):
         return L if self.many_to_many else 1

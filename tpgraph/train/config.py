@@ -198,8 +198,9 @@ class MethodConfig:
 
     name: str = _opt(str, "tp", "tp (target propagation) or bptt (backpropagation through time)",
                      choices=("tp", "bptt"))
-    credit: str = _opt(str, "dtp", "TP's rule back in time: dtp (difference TP, Eq. 19) or tp (Eq. 11)",
-                       choices=("dtp", "tp"))
+    credit: str = _opt(str, "dtp", "TP's rule back in time: dtp (difference TP, Eq. 19), tp (Eq. 11) or fa "
+                       "(feedback alignment: a fixed random matrix for W_h^T; no inverse, no warm-up)",
+                       choices=("dtp", "tp", "fa"))
     merge: str = _opt(str, "linear", "how targets meeting at a node are merged (linear: Eq. 22; mean; "
                       "or a name registered with tpgraph.register_merge)")
     alpha: float = _opt(float, 1.0, "step size of the loss targets h - alpha dCE/dh (TP only; BPTT uses 1)",
@@ -251,6 +252,10 @@ class ProtocolConfig:
     early_stop_patience: int | None = _opt(
         int, None, "stop after this many validation points without a better validation loss; none: never",
         minimum=1, nullable=True)
+    alignment_every: int = _opt(
+        int, 0, "every this many batches, measure the angles between the updates and displacements and BPTT's "
+        "gradient of the same batch (alignment.csv; costs about one TP plus one BPTT step per measurement, "
+        "changes nothing in training); 0: never", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -356,7 +361,9 @@ class Config:
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
         p = self.protocol
-        if self.method.name == "tp" and p.warmup >= p.n_batches:
+        from ..rules import get_rule
+
+        if self.method.name == "tp" and get_rule(self.method.credit).needs_inverse and p.warmup >= p.n_batches:
             raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
                               f"({p.n_batches}): TP would never train its forward weights")
 

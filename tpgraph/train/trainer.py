@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DivergenceError, TPGraphError
 from ..models.srn import SRN
+from ..rules import get_rule
 from ..tasks import Task, make_task
 from . import checkpoint as ckpt
 from .config import Config, load_config, to_toml
@@ -226,7 +227,8 @@ class Trainer:
         self.best_params: dict[str, np.ndarray] | None = None
         self.files = RunFiles(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
-        self.warmup = p.warmup if config.method.name == "tp" else 0
+        # the inverse-only warm-up: TP with a rule that has an inverse to train (not BPTT, not fa)
+        self.warmup = p.warmup if config.method.name == "tp" and get_rule(config.method.credit).needs_inverse else 0
         # the model reports losses summed over the batch under reduction "sum"; records are per sample
         total = config.method.reduction == "sum"
         self._loss_scale = 1.0 / p.batch_size if total else 1.0
@@ -235,6 +237,12 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._divergence: DivergenceError | None = None
         self._records_only = False
+        #: Alignment with BPTT every ``protocol.alignment_every`` batches (0: off): rows of alignment.csv.
+        self.alignment_every = p.alignment_every
+        self.alignment_columns: tuple[str, ...] = self._alignment_columns() if p.alignment_every else ()
+        self.alignment_rows: list[dict] = []
+        self._alignment_s = 0.0
+        self._alignment_calls = 0
         #: Draw the plots at the end (``output.plots``; a display choice, so a resumed run may turn it off).
         self.draw_plots = config.output.plots
         if self.files is not None:
@@ -333,8 +341,11 @@ class Trainer:
         every = self.config.output.checkpoint_every if self.files is not None else 0
         on_batch = self._hooks("on_batch")
         scale = self._loss_scale
+        align = self.alignment_every
         while s.batch < n and self._stop_reason is None:
             x, y = draw(rng, B)
+            if align and (s.batch + 1) % align == 0:
+                self._measure_alignment(x, y, s.batch + 1)  # before the step, on its batch and parameters
             try:
                 loss = step(x, y, update_forward=s.batch >= warmup) * scale
             except DivergenceError as exc:
@@ -352,6 +363,35 @@ class Trainer:
                     return
             if every and s.batch % every == 0 and s.batch < n:
                 self._save_checkpoint(resumable=True)
+
+    # ------------------------------------------------------------------ alignment
+    def _alignment_columns(self) -> tuple[str, ...]:
+        """``batch``, one angle per forward group, the mean over the hidden steps, and one per step."""
+        groups = tuple(f"angle_{g}" for g in self.engine.plan.forward_groups)
+        steps = tuple(f"angle_h_{t}" for t in range(1, self.task.length + 1))
+        return ("batch",) + groups + ("angle_h_mean",) + steps
+
+    def _measure_alignment(self, x, y, batch: int) -> dict:
+        """Angles (degrees) of this batch's updates and hidden displacements with BPTT's gradient."""
+        t0 = time.perf_counter()
+        a = self.model.alignment(x, y)
+        row: dict[str, float] = {"batch": batch}
+        for g in self.engine.plan.forward_groups:
+            row[f"angle_{g}"] = a.groups.get(g, math.nan)
+        steps = a.nodes_with_prefix("h_")
+        row["angle_h_mean"] = _mean(v for v in steps if math.isfinite(v))
+        for t, v in enumerate(steps, 1):
+            row[f"angle_h_{t}"] = v
+        self.alignment_rows.append(row)
+        dt = time.perf_counter() - t0
+        self._alignment_s += dt
+        self._alignment_calls += 1
+        self.state.eval_s += dt  # not training time: ms_per_batch stays the cost of training
+        return row
+
+    def _write_alignment(self) -> None:
+        if self.files is not None and self.alignment_every:
+            write_metrics_csv(self.files.root / "alignment.csv", self.alignment_rows, self.alignment_columns)
 
     # ------------------------------------------------------------------ validation points
     def _local_loss(self) -> float:
@@ -412,6 +452,7 @@ class Trainer:
             self._set_status("completed", s.reason)
         if self.files is not None:
             write_metrics_csv(self.files.metrics, s.rows)
+            self._write_alignment()
         s.eval_s += time.perf_counter() - t0
         for fn in self._hooks("on_validation"):
             fn(self, row)
@@ -471,6 +512,12 @@ class Trainer:
             "noise_rng": self.engine.rng.bit_generator.state,
             "dtype": self.model.dtype.name,
         }
+        if self.alignment_every:
+            cols = self.alignment_columns
+            table = np.array([[float(r.get(c, math.nan)) for c in cols] for r in self.alignment_rows],
+                             dtype=np.float64)
+            arrays["alignment"] = table.reshape(len(self.alignment_rows), len(cols))
+            scalars["alignment_columns"] = list(cols)
         return arrays, scalars
 
     def _save_checkpoint(self, resumable: bool) -> Path | None:
@@ -575,6 +622,14 @@ class Trainer:
             noise_rng.bit_generator.state = scalars["noise_rng"]
         except (KeyError, TypeError, ValueError) as exc:
             raise fail(f"a random generator's state is invalid ({exc})") from None
+        align_table = None
+        if self.alignment_every:
+            if scalars.get("alignment_columns") != list(self.alignment_columns):
+                raise fail(f"alignment columns {scalars.get('alignment_columns')} differ from this run's "
+                           f"{list(self.alignment_columns)}")
+            align_table = arrays.get("alignment")
+            if align_table is None or align_table.ndim != 2 or align_table.shape[1] != len(self.alignment_columns):
+                raise fail("the alignment table is missing or malformed")
         # validate the optimiser states on throw-away copies before touching the live ones
         for g, st in opt_states.items():
             copy.copy(self.engine.optimizers[g]).load_state_dict(dict(st))
@@ -593,6 +648,9 @@ class Trainer:
         if resumable:
             state.status, state.reason = "running", None
         self.state = state
+        if align_table is not None:
+            self.alignment_rows = [{c: (int(v) if c == "batch" else float(v)) for c, v in zip(self.alignment_columns, r)}
+                                   for r in align_table.tolist()]
 
     # ------------------------------------------------------------------ records
     def summary(self) -> dict:
@@ -633,6 +691,12 @@ class Trainer:
             "n_params": int(sum(v.size for v in self.model.params.values())),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.alignment_every:
+            out["alignment"] = {
+                "every": self.alignment_every, "measurements": len(self.alignment_rows),
+                "ms_per_measurement": (1e3 * self._alignment_s / self._alignment_calls
+                                       if self._alignment_calls else None),
+                "file": "alignment.csv"}
         if self._divergence is not None:
             out["divergence"] = {"batch": self._divergence.step, "quantity": self._divergence.quantity}
         from .. import __version__
@@ -648,6 +712,7 @@ class Trainer:
             return summary
         f = self.files
         write_metrics_csv(f.metrics, s.rows)
+        self._write_alignment()
         if s.status == "diverged":
             summary["weights"] = None
             note = "weights.npz not written: the weights are not finite."
@@ -667,6 +732,10 @@ class Trainer:
             try:
                 from ..plots import plot_run
                 plots = [p.name for p in plot_run(f.root, summary)]
+                if self.alignment_rows:
+                    from ..plots import plot_alignment
+                    plots.append(plot_alignment(f.root / "alignment.csv", f.root / "alignment.png",
+                                                title=self.config.summary_line()).name)
             except Exception as exc:  # a plot must never lose the run's records
                 summary["plot_error"] = f"{type(exc).__name__}: {exc}"
         summary["plots"] = plots

@@ -1,0 +1,401 @@
+"""Studies: spec validation, serial vs Dask equivalence, resume after a killed client or worker, storage."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+pytest.importorskip("distributed")
+
+from optuna.trial import TrialState  # noqa: E402
+
+from tpgraph.errors import ConfigError  # noqa: E402
+from tpgraph.studies import SerialExecutor, Study, make_executor, parse_spec, write_report  # noqa: E402
+from tpgraph.studies.spec import OBJECTIVES  # noqa: E402
+from tpgraph.studies.trial import aggregate, curve_value  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(trials=2, seeds=1, n_batches=40, sampler="random", pruner="none", name="t", **study):
+    return {
+        "study": {"name": name, "trials": trials, "seeds": seeds, "sampler": sampler, "pruner": pruner, **study},
+        "base": {"task": {"delay": 2}, "model": {"n_hidden": 8, "dtype": "float64"},
+                 "protocol": {"n_batches": n_batches, "warmup": 10, "val_batches": 2, "val_every": 10,
+                              "batch_size": 4},
+                 "output": {"checkpoint_every": 20}},
+        "space": {"optimizer.lr_f": {"type": "log_uniform", "low": 1e-4, "high": 1e-1},
+                  "method.alpha": {"type": "log_uniform", "low": 0.1, "high": 2.0, "when": {"method.name": "tp"}}},
+    }
+
+
+def values_by_params(study: Study) -> dict:
+    out = {}
+    for g in study.optuna_studies():
+        for t in g.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            out[(g.slug, tuple(sorted(t.params.items())))] = t.value
+    return out
+
+
+# ---------------------------------------------------------------------- spec errors
+@pytest.mark.parametrize("mutate, words", [
+    (lambda d: d["space"].update({"optimizer.lr_ff": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}}),
+     ["optimizer.lr_ff", "optimizer.lr_f"]),
+    (lambda d: d["space"].update({"optimizer.lr_f": {"type": "log_uniform", "low": 1e-2, "high": 1e-4}}),
+     ["optimizer.lr_f", "low", "high"]),
+    (lambda d: d["space"].update({"optimizer.lr_f": {"type": "log_uniform", "low": 0.0, "high": 1e-2}}),
+     ["optimizer.lr_f", "log", "low > 0"]),
+    (lambda d: d["space"].update({"optimizer.lr_f": {"type": "uniform", "low": 0.0, "high": 1e-2}}),
+     ["optimizer.lr_f", "0.0", "> 0"]),
+    (lambda d: d["space"].update({"model.n_hidden": {"type": "uniform", "low": 4, "high": 16}}),
+     ["model.n_hidden", "int"]),
+    (lambda d: d["space"].update({"method.merge": {"type": "categorical", "choices": ["linear", "nope"]}}),
+     ["method.merge", "nope"]),
+    (lambda d: d["space"].update({"optimizer.lr_f": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}),
+     ["optimizer.lr_f", "type", "log_uniform"]),
+    (lambda d: d["space"].update({"optimizer.lr_f": {"type": "log_uniform", "lo": 1e-4, "high": 1e-2}}),
+     ["lo", "low"]),
+    (lambda d: d["study"].update({"trails": 3}), ["study.", "trails", "trials"]),
+    (lambda d: d["study"].update({"objective": "best_loss"}), ["study.objective", "best_val_loss"]),
+    (lambda d: d["study"].update({"pruner": "medain"}), ["study.pruner", "median"]),
+    (lambda d: d["study"].update({"pruner": "median", "pruner_options": {"n_startup": 3}}),
+     ["pruner_options", "n_startup"]),
+    (lambda d: d["study"].update({"seeds": 0}), ["study.seeds"]),
+    (lambda d: d.update({"groups": {"task.delay": [2, 0]}}), ["task.delay", "0"]),
+    (lambda d: d.update({"groups": {"method.nam": ["tp"]}}), ["method.nam", "method.name"]),
+    (lambda d: d["base"]["protocol"].update({"n_batch": 3}), ["protocol.n_batch"]),
+    (lambda d: d.update({"spaces": {}}), ["spaces", "space"]),
+    (lambda d: d["study"].update({"sampler": "grid"}), ["optimizer.lr_f", "grid"]),
+])
+def test_spec_errors_name_the_key(mutate, words):
+    data = tiny_spec()
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        parse_spec(data)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_spec_groups_when_and_configs():
+    data = tiny_spec()
+    data["groups"] = {"method.name": ["tp", "bptt"], "task.delay": [2, 3]}
+    spec = parse_spec(data)
+    groups = spec.group_values()
+    assert groups == [{"method.name": "tp", "task.delay": 2}, {"method.name": "tp", "task.delay": 3},
+                      {"method.name": "bptt", "task.delay": 2}, {"method.name": "bptt", "task.delay": 3}]
+    assert [p.key for p in spec.params_for(groups[0])] == ["optimizer.lr_f", "method.alpha"]
+    assert [p.key for p in spec.params_for(groups[2])] == ["optimizer.lr_f"]
+    cfg = spec.config_for(groups[3], {"optimizer.lr_f": 0.01}, seed=7)
+    assert (cfg.method.name, cfg.task.delay, cfg.optimizer.lr_f, cfg.protocol.seed) == ("bptt", 3, 0.01, 7)
+    assert spec.optuna_name(groups[1]) == "t/name-tp_delay-3"
+
+
+def test_grid_budget_is_capped_at_the_grid():
+    data = tiny_spec(trials=50, sampler="grid")
+    data["space"] = {"optimizer.lr_f": {"type": "log_uniform", "low": 1e-4, "high": 1e-1, "grid": [1e-3, 1e-2]},
+                     "model.n_hidden": {"type": "int", "low": 4, "high": 8, "step": 4}}
+    spec = parse_spec(data)
+    assert spec.trials_for({}) == 4
+
+
+def test_aggregate_and_curve():
+    assert aggregate([1.0, 3.0], "mean") == 2.0
+    assert aggregate([1.0, 3.0, 10.0], "median") == 3.0
+    assert aggregate([1.0, math.inf], "mean") == math.inf
+    obj = OBJECTIVES["best_val_loss"]
+    rows = [{"val_loss": 3.0}, {"val_loss": 1.0}, {"val_loss": 2.0}]
+    assert curve_value(obj, rows) == 1.0
+    assert curve_value(OBJECTIVES["final_val_loss"], rows) == 2.0
+    assert curve_value(OBJECTIVES["best_seq_acc"], [{"seq_acc": 0.1}, {"seq_acc": 0.5}, {"seq_acc": 0.2}]) == 0.5
+    assert OBJECTIVES["final_val_loss"].from_summary({"final": {"val_loss": math.nan}}) == math.inf
+
+
+# ---------------------------------------------------------------------- running
+@pytest.fixture(scope="module")
+def serial_values(tmp_path_factory):
+    """The two-trial, two-group study run serially in this process: the reference values."""
+    data = tiny_spec(trials=2, seeds=2)
+    data["groups"] = {"method.name": ["tp", "bptt"]}
+    folder = tmp_path_factory.mktemp("serial") / "study"
+    study = Study(parse_spec(data), folder)
+    result = study.run(SerialExecutor())
+    assert all(g["counts"]["complete"] == 2 for g in result.groups)
+    return data, folder, values_by_params(study)
+
+
+def test_serial_study_records_everything(serial_values):
+    data, folder, values = serial_values
+    assert len(values) == 4 and all(math.isfinite(v) for v in values.values())
+    study = Study.open(folder)
+    # the SQLite file holds every finished trial, read through Optuna's own API (as optuna-dashboard does)
+    url = f"sqlite:///{folder / 'study.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage=url))
+    assert names == ["t/name-bptt", "t/name-tp"]
+    for name in names:
+        s = optuna.load_study(study_name=name, storage=url)
+        trials = s.get_trials(states=(TrialState.COMPLETE,))
+        assert len(trials) == 2
+        for t in trials:
+            assert len(t.user_attrs["seed_values"]) == 2
+            assert t.value == pytest.approx(sum(t.user_attrs["seed_values"]) / 2, rel=1e-12)
+            assert t.intermediate_values, "the validation curve was reported to the pruner"
+            for d in t.user_attrs["run_dirs"]:  # every seed left an ordinary run folder
+                summary = json.loads((Path(d) / "summary.json").read_text())
+                assert summary["status"] == "completed"
+                assert (Path(d) / "metrics.csv").exists()
+    # rerunning a finished study runs nothing and changes nothing
+    before = values_by_params(study)
+    study.run(SerialExecutor())
+    assert values_by_params(study) == before
+    rep = write_report(study)
+    assert {p.name for p in rep["files"]} >= {"best.csv", "best.md", "name-tp_objective.png", "name-tp_curves.png"}
+    assert "best_val_loss" in (folder / "report" / "best.md").read_text()
+
+
+def test_local_cluster_gives_the_serial_values(serial_values, tmp_path):
+    data, _, reference = serial_values
+    study = Study(parse_spec(copy.deepcopy(data)), tmp_path / "study")
+    executor = make_executor(None, workers=2)
+    try:
+        assert executor.slots == 2
+        study.run(executor)
+    finally:
+        executor.close()
+    assert values_by_params(study) == reference  # bit for bit
+
+
+def test_another_spec_in_the_same_folder_is_refused(serial_values):
+    data, folder, _ = serial_values
+    other = copy.deepcopy(data)
+    other["study"]["trials"] = 3
+    with pytest.raises(ConfigError, match="another study's spec"):
+        Study(parse_spec(other), folder)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_spec(path: Path, data: dict) -> Path:
+    """A spec as TOML (the few shapes tiny_spec uses)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines = ["[study]"] + [f"{k} = {val(v)}" for k, v in data["study"].items()]
+    for section, values in data["base"].items():
+        lines += [f"[base.{section}]"] + [f"{k} = {val(v)}" for k, v in values.items()]
+    for table in ("space", "groups"):
+        if table in data:
+            lines += [f"[{table}]"] + [f"{json.dumps(k)} = {val(v)}" for k, v in data[table].items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_dask_cli_scheduler_and_workers(serial_values, tmp_path):
+    """A scheduler and two workers started with Dask's own commands (loopback), used through --scheduler."""
+    data, _, reference = serial_values
+    spec_file = _write_spec(tmp_path / "t.toml", data)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    dask_cmd = [str(bindir / "dask")] if (bindir / "dask").exists() else [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([*dask_cmd, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--no-dashboard"], env=_env(), stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, cwd=tmp_path))
+        from distributed import Client
+        deadline = time.time() + 60
+        while True:
+            try:
+                with Client(address, timeout="5s") as c:
+                    if len(c.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the Dask workers did not come up"
+            time.sleep(0.5)
+        out = tmp_path / "study"
+        run = subprocess.run([sys.executable, "-m", "tpgraph", "sweep", str(spec_file), "--out", str(out),
+                              "--scheduler", address, "--quiet"], env=_env(), capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert "best_val_loss" in run.stdout
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert values_by_params(Study.open(out)) == reference
+
+
+def _states(folder: Path) -> dict:
+    url = f"sqlite:///{folder / 'study.db'}"
+    out = {}
+    try:
+        for s in optuna.get_all_study_summaries(storage=url):
+            study = optuna.load_study(study_name=s.study_name, storage=url)
+            for t in study.get_trials(deepcopy=False):
+                out[(s.study_name, t.number)] = t
+    except Exception:  # the file or its tables are not there yet
+        return {}
+    return out
+
+
+def test_killed_client_resumes_without_rerunning_finished_trials(tmp_path):
+    data = tiny_spec(trials=6, seeds=1, n_batches=600)
+    spec_file = _write_spec(tmp_path / "k.toml", data)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "tpgraph", "sweep", str(spec_file), "--out", str(out), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while True:
+            states = _states(out)
+            done = [t for t in states.values() if t.state == TrialState.COMPLETE]
+            if done and len(done) < 6:
+                break
+            assert proc.poll() is None, "the study ended before it could be killed"
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and its LocalCluster, at once
+        proc.wait()
+    time.sleep(0.5)
+    before = {k: (t.value, t.user_attrs["run_dirs"]) for k, t in _states(out).items() if t.state == TrialState.COMPLETE}
+    stamps = {k: (Path(d[0]) / "summary.json").stat().st_mtime_ns for k, (_, d) in before.items()}
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    after = _states(out)
+    for k, (value, dirs) in before.items():  # finished trials kept, not run again
+        assert after[k].state == TrialState.COMPLETE and after[k].value == value
+        assert (Path(dirs[0]) / "summary.json").stat().st_mtime_ns == stamps[k]
+    originals = [t for t in after.values() if t.user_attrs.get("retry_of") is None]
+    assert len(originals) == 6
+    for t in originals:
+        if t.state == TrialState.FAIL:  # left running by the killed client: retried once, and the retry finished
+            retries = [r for r in after.values() if r.user_attrs.get("retry_of") == t.number]
+            assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+            assert retries[0].params == t.params
+        else:
+            assert t.state == TrialState.COMPLETE
+    # the resumed session drew new parameters, not the first session's again
+    assert len({tuple(sorted(t.params.items())) for t in originals}) == 6
+    # and every value is what an uninterrupted serial run of the same parameters gives
+    assert values_by_params(Study.open(out)) == serial_reference(data, Study.open(out), tmp_path / "reference")
+
+
+def serial_reference(data: dict, study: Study, folder: Path) -> dict:
+    """The values of ``study``'s complete trials' parameters, each run once more serially (enqueued)."""
+    params = [dict(k[1]) for k in values_by_params(study)]
+    ref_data = copy.deepcopy(data)
+    ref_data["study"]["trials"] = len(params)
+    ref = Study(parse_spec(ref_data), folder)
+    g = ref.optuna_studies()[0]
+    for p in params:
+        g.study.enqueue_trial(p)
+    ref.run(SerialExecutor())
+    return values_by_params(ref)
+
+
+def test_killed_worker_still_completes_the_study(tmp_path):
+    data = tiny_spec(trials=4, seeds=1, n_batches=1500)
+    study = Study(parse_spec(copy.deepcopy(data)), tmp_path / "study")
+    executor = make_executor(None, workers=2)
+    errors = []
+
+    def run():
+        try:
+            study.run(executor)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    try:
+        deadline = time.time() + 240
+        while killed is None:
+            for (name, number), t in _states(study.folder).items():
+                # a trial that has run for a while (its first checkpoint is on disk), on a worker
+                dirs, worker = t.user_attrs.get("run_dirs"), t.user_attrs.get("worker")
+                if (t.state == TrialState.RUNNING and worker and dirs
+                        and (Path(dirs[0]) / "checkpoint" / "checkpoint.json").exists()):
+                    os.kill(worker["pid"], signal.SIGKILL)
+                    killed = number
+                    break
+            assert time.time() < deadline and thread.is_alive(), "no running trial to kill"
+            time.sleep(0.05)
+        thread.join(timeout=300)
+    finally:
+        executor.close()
+    assert not errors, errors
+    trials = {t.number: t for t in study.optuna_studies()[0].study.get_trials(deepcopy=False)}
+    assert trials[killed].state == TrialState.FAIL
+    assert "error" in trials[killed].user_attrs
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == killed]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    others = [t for n, t in trials.items() if n != killed and t.user_attrs.get("retry_of") is None]
+    assert len(others) == 3 and all(t.state == TrialState.COMPLETE for t in others)
+    # the retry resumed the killed run from its checkpoint and reached the uninterrupted value
+    assert values_by_params(study) == serial_reference(data, study, tmp_path / "reference")
+
+
+def test_pruner_stops_bad_trials(tmp_path):
+    data = tiny_spec(trials=8, seeds=1, n_batches=200, pruner="median",
+                     pruner_options={"n_startup_trials": 2, "n_warmup_steps": 20})
+    data["space"]["optimizer.lr_f"] = {"type": "log_uniform", "low": 1e-6, "high": 1e-1}
+    study = Study(parse_spec(data), tmp_path / "study")
+    study.run(SerialExecutor())
+    trials = study.optuna_studies()[0].study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 8
+    assert pruned, "the median pruner pruned nothing"
+    for t in pruned:  # a pruned run stopped early and says so
+        summary = json.loads((Path(t.user_attrs["run_dirs"][0]) / "summary.json").read_text())
+        assert summary["batches_done"] < 200 and summary["reason"].startswith("pruned")
+
+
+def test_cli_sweep_errors_are_one_line(tmp_path):
+    data = tiny_spec()
+    data["space"]["optimizer.lr_f"]["low"] = -1.0
+    spec_file = _write_spec(tmp_path / "bad.toml", data)
+    run = subprocess.run([sys.executable, "-m", "tpgraph", "sweep", str(spec_file), "--out", str(tmp_path / "s")],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.startswith("tpgraph: error: space.'optimizer.lr_f'")
+    assert not (tmp_path / "s").exists(), "nothing may be created before the spec is valid"
