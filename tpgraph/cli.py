@@ -1,4 +1,4 @@
-"""The ``tpgraph`` command line: ``train``, ``compare``, ``plot``, ``config``.
+"""The ``tpgraph`` command line: ``train``, ``compare``, ``plot``, ``config``, ``sweep``, ``reproduce``.
 
 Exit status: 0 when the run completed, 1 when it diverged or was aborted by a
 stop rule (the run folder records why), 2 for a user error (a bad flag, key,
@@ -63,6 +63,33 @@ _CONFIG_EXAMPLES = """\
 examples:
   tpgraph config --keys                      every key, its default and what it means
   tpgraph config examples/configs/quick.toml --set method.name=bptt > bptt.toml
+"""
+
+
+_SWEEP_EXAMPLES = """\
+examples:
+  tpgraph sweep examples/studies/smoke.toml              a tiny search, about a minute on 2 cores
+  tpgraph sweep examples/studies/lr_search.toml --scheduler tcp://10.0.0.5:8786 --storage postgresql://...
+  tpgraph sweep report studies/smoke                     best configuration per group: table, CSV, Markdown, plots
+  tpgraph sweep resume studies/smoke                     continue an interrupted study from its folder
+
+A spec is TOML: [study] (trials, seeds, objective, sampler, pruner), [base]
+(any run config keys, or study.base_config = "file.toml"), [space] (the
+searched keys: log_uniform, uniform, int, categorical) and [groups] (one search
+per combination). Rerunning the same command resumes the study: finished
+trials are kept, trials whose process died are retried once. The storage opens
+in a browser with `optuna-dashboard sqlite:///studies/NAME/study.db`.
+"""
+
+_REPRODUCE_EXAMPLES = """\
+examples:
+  tpgraph reproduce table1 --budget quick                TP and BPTT at delays 5-25, a scaled-down protocol
+  tpgraph reproduce table2 --budget quick --only 30 --only 40
+  tpgraph reproduce table1                               the paper's protocol: 50 trials of 25000 batches per cell
+
+Budgets: full (50 trials x 25000 batches, 3 seeds x 25000), medium (20 x 8000,
+3 x 25000), quick (10 x 4000, 3 x 10000), smoke (a seconds-long check). Rerunning
+the same command resumes it.
 """
 
 
@@ -226,7 +253,52 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the configuration that train would use, as TOML.")
     _add_common(p)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+
+    p = sub.add_parser("sweep", help="run a study (hyper-parameter search, seed sweep) on Dask, or report one",
+                       epilog=_SWEEP_EXAMPLES, formatter_class=fmt,
+                       description="tpgraph sweep SPEC.toml runs (or resumes) a study; tpgraph sweep report STUDY "
+                                   "prints and writes its best configurations and plots; tpgraph sweep resume STUDY "
+                                   "continues one from its folder.")
+    p.add_argument("what", nargs="+", metavar="SPEC | report STUDY | resume STUDY",
+                   help="a study spec (TOML), or report / resume and a study folder")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="the study folder (default studies/NAME; an existing one with the same spec is resumed)")
+    _add_cluster_options(p)
+    p.add_argument("--top", type=_positive_int, default=3, help="report: validation curves of this many best trials")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's Table 1 (copy memory) or Table 2 (sequence "
+                       "expansion) with searches for TP and BPTT", epilog=_REPRODUCE_EXAMPLES, formatter_class=fmt,
+                       description="For every delay or length and both methods: a TPE search with the same budget, "
+                                   "then the best configuration re-run with fresh seeds; writes TABLE.md, TABLE.csv "
+                                   "and plots into the output folder.")
+    p.add_argument("table", choices=("table1", "table2"), help="table1: copy memory; table2: sequence expansion")
+    p.add_argument("--budget", default="full", choices=("full", "medium", "quick", "smoke"),
+                   help="how much work (default full: the paper's 50 trials of 25000 batches per cell)")
+    p.add_argument("--trials", type=_positive_int, default=None, help="search trials per cell (overrides the budget)")
+    p.add_argument("--batches", type=_positive_int, default=None, help="batches per search trial (overrides)")
+    p.add_argument("--val-batches", type=_positive_int, default=None, help="validation batches in the search")
+    p.add_argument("--final-batches", type=_positive_int, default=None, help="batches per final run (overrides)")
+    p.add_argument("--final-seeds", type=_positive_int, default=None, help="fresh seeds of the final runs")
+    p.add_argument("--only", type=_positive_int, action="append", default=None, metavar="T",
+                   help="only this delay or length (repeatable)")
+    p.add_argument("--out", metavar="DIR", default=None, help="the reproduction folder (default studies/TABLE-BUDGET)")
+    _add_cluster_options(p)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     return parser
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="a Dask scheduler (tcp://HOST:PORT); default: a LocalCluster on this machine; "
+                        "serial: one trial at a time in this process")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--storage", metavar="URL", default=None,
+                   help="an Optuna RDB storage URL (default sqlite:///STUDY/study.db)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto",
+                   help="a status line on a terminal, nothing otherwise (auto); lines: a line per finished trial")
 
 
 def _config_overrides(args) -> list[str]:
@@ -444,7 +516,62 @@ def cmd_config(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "plot": cmd_plot, "config": cmd_config}
+def _study_progress(args) -> str:
+    return "off" if args.quiet else args.progress
+
+
+def cmd_sweep(args) -> int:
+    from .studies import Study, StudyProgress, format_table, load_spec, make_executor, write_report
+
+    what = args.what
+    if what[0] in ("report", "resume"):
+        if len(what) != 2:
+            raise _UsageError(f"usage: tpgraph sweep {what[0]} STUDY_FOLDER")
+        study = Study.open(what[1])
+        if what[0] == "report":
+            rep = write_report(study, top=args.top)
+            print(format_table(rep["rows"]))
+            print(f"report: {study.folder / 'report'} ({len(rep['files'])} files)")
+            return EXIT_OK
+    else:
+        if len(what) != 1:
+            raise _UsageError("give one study spec (TOML), or: tpgraph sweep report STUDY")
+        spec = load_spec(what[0])
+        study = Study(spec, args.out or Path("studies") / spec.name, storage=args.storage)
+    executor = make_executor(args.scheduler, args.workers)
+    try:
+        mode = _study_progress(args)
+        if executor.dashboard:
+            print(f"Dask dashboard: {executor.dashboard}", file=sys.stderr)
+        print(f"study {study.spec.name}: {study.folder} (storage {study.storage_url}; "
+              f"browse it with: optuna-dashboard {study.storage_url})", file=sys.stderr)
+        events = (lambda line: print(line, file=sys.stderr)) if mode == "lines" else None
+        result = study.run(executor, progress=StudyProgress("off" if mode == "lines" else mode), on_event=events)
+    finally:
+        executor.close()
+    from .studies.report import study_table
+    print(format_table(study_table(study)))
+    print(f"study folder: {study.folder} ({result.elapsed_s:.0f} s); report: tpgraph sweep report {study.folder}")
+    return EXIT_OK
+
+
+def cmd_reproduce(args) -> int:
+    from .studies.reproduce import budget_from, reproduce
+
+    budget = budget_from(args.budget, trials=args.trials, batches=args.batches, val_batches=args.val_batches,
+                         final_batches=args.final_batches, final_seeds=args.final_seeds)
+    out = args.out or Path("studies") / f"{args.table}-{args.budget}"
+    command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
+    res = reproduce(args.table, out, budget, scheduler=args.scheduler, workers=args.workers, storage=args.storage,
+                    progress=_study_progress(args), values=tuple(args.only) if args.only else None,
+                    command=command, say=lambda line: print(line, file=sys.stderr))
+    print(Path(res["files"]["md"]).read_text(encoding="utf-8"))
+    print("files: " + ", ".join(str(p) for p in res["files"].values()))
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "plot": cmd_plot, "config": cmd_config,
+            "sweep": cmd_sweep, "reproduce": cmd_reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
