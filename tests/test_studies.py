@@ -399,3 +399,24 @@ def test_cli_sweep_errors_are_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("tpgraph: error: space.'optimizer.lr_f'")
     assert not (tmp_path / "s").exists(), "nothing may be created before the spec is valid"
+
+
+def test_study_folder_is_self_contained(tmp_path):
+    """A spec whose base_config is relative to the spec file: the folder holds the resolved base."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "base.toml").write_text("[task]\ndelay = 3\n[model]\nn_hidden = 8\n"
+                                                "[protocol]\nn_batches = 30\nwarmup = 5\nval_batches = 2\n"
+                                                "val_every = 10\nbatch_size = 4\n")
+    (tmp_path / "specs").mkdir()
+    spec_file = tmp_path / "specs" / "s.toml"
+    spec_file.write_text('[study]\ntrials = 1\nsampler = "random"\npruner = "none"\nbase_config = "../cfg/base.toml"\n'
+                         '[space]\n"optimizer.lr_f" = { type = "log_uniform", low = 1e-3, high = 1e-2 }\n')
+    from tpgraph.studies import load_spec
+
+    spec = load_spec(spec_file)
+    assert spec.name == "s" and spec.base.task.delay == 3
+    study = Study(spec, tmp_path / "out")
+    study.run(SerialExecutor())
+    reopened = Study.open(tmp_path / "out")  # from the folder alone, wherever the spec file went
+    assert reopened.spec.base == spec.base and reopened.spec.name == "s"
+    assert Study(load_spec(spec_file), tmp_path / "out").folder == study.folder  # the same spec resumes

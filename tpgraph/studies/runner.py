@@ -121,7 +121,11 @@ class DaskExecutor:
     def wait_one(self, futures):
         from distributed import wait
 
-        return list(wait(list(futures), return_when="FIRST_COMPLETED").done)
+        try:
+            return list(wait(list(futures), return_when="FIRST_COMPLETED").done)
+        except (OSError, TimeoutError) as exc:  # the scheduler went away (CommClosedError is an OSError)
+            raise TPGraphError(f"lost the Dask scheduler ({type(exc).__name__}: {exc}); every finished trial is "
+                               f"in the storage: rerun the same command to resume the study") from None
 
     def close(self):
         try:
@@ -172,6 +176,11 @@ class StudyProgress:
             self._last = now
             print("\r" + text[:160].ljust(160), end="", file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """A message worth a line of its own (unless the progress is off)."""
+        if self.mode != "off":
+            print(("\n" if self.mode == "bar" and self._last else "") + text, file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.mode == "bar":
             print(file=self.stream, flush=True)
@@ -219,7 +228,11 @@ class Study:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"study folder {str(self.folder)!r}: {SPEC_FILE} cannot be read ({exc})") from None
-            if meta.get("spec") != _jsonable(spec.source) or meta.get("name") != spec.name:
+            try:
+                recorded = parse_spec(meta["spec"], name=meta.get("name"), root=self.folder)
+            except (ConfigError, KeyError):
+                recorded = None
+            if recorded is None or not spec.same_study(recorded):
                 raise ConfigError(f"study folder {str(self.folder)!r} holds another study's spec; resume it with "
                                   f"`tpgraph sweep resume {self.folder}` or choose another --out")
             if storage is not None and storage != meta.get("storage"):
@@ -380,7 +393,9 @@ class Study:
         progress = progress or StudyProgress("off")
         say = on_event or (lambda line: None)
         if recovered:
-            say(f"{recovered} trial(s) left running by an earlier session: marked failed, retried once")
+            text = f"{recovered} trial(s) left running by an earlier session: marked failed, retried once"
+            say(text)
+            progress.note(text)
         total = sum(g.budget for g in groups)
         pending: dict = {}
         durations: list[float] = []

@@ -158,6 +158,12 @@ class StudySpec:
     description: str = ""
     source: dict = field(default_factory=dict)        # the spec as given (for the study folder and storage)
 
+    def same_study(self, other: "StudySpec") -> bool:
+        """Whether ``other`` describes the same study (what decides the trials; not the description)."""
+        keys = ("name", "base", "space", "groups", "trials", "seeds", "objective", "aggregate", "sampler",
+                "sampler_seed", "pruner_name", "pruner_options")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
     # ------------------------------------------------------------------ groups
     def group_values(self) -> list[dict]:
         """Every combination of the group keys' values, in declared order ([{}] without groups)."""
@@ -428,7 +434,7 @@ def parse_spec(data: Mapping, *, name: str | None = None, root: str | Path = "."
     spec = StudySpec(name=sname, base=base, base_dict=base_dict, space=space, groups=tuple(groups), trials=trials,
                      seeds=seeds, objective=objective, aggregate=aggregate, sampler=sampler,
                      sampler_seed=sampler_seed, pruner_name=pruner, pruner_options=pruner_options,
-                     description=str(study.get("description", "")), source=_plain(data))
+                     description=str(study.get("description", "")), source=_resolved_source(data, base_dict))
     _check_configs(spec)
     return spec
 
@@ -448,6 +454,14 @@ def _check_configs(spec: StudySpec) -> None:
                     spec.config_for(group, {p.key: v})
                 except ConfigError as exc:
                     raise ConfigError(f"space.{p.key!r} = {v!r} ({label}): {exc}") from None
+
+
+def _resolved_source(data: Mapping, base_dict: dict) -> dict:
+    """The spec as given, with ``base_config`` replaced by the resolved base (so a study folder is self-contained)."""
+    source = _plain(data)
+    source["study"] = {k: v for k, v in source.get("study", {}).items() if k != "base_config"}
+    source["base"] = _plain(base_dict)
+    return source
 
 
 def _plain(data: Any) -> Any:
