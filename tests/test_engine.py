@@ -560,3 +560,29 @@ def test_reconstruction_losses_count_every_inverse():
     want = sum(0.5 * np.sum((np.tanh(hb @ P[V].T) - eng.value(a)) ** 2) for a, V in (("a1", "V1"), ("a2", "V2")))
     assert sum(eng.reconstruction_losses().values()) == pytest.approx(want, rel=1e-12)
     assert eng.reconstruction_loss() == pytest.approx(want / 3, rel=1e-12)
+
+
+# ---------------------------------------------------------------- memory
+def test_a_batch_size_too_large_for_the_memory_limit_is_refused_before_allocating():
+    from tpgraph.buffers import Buffers
+
+    eng = tp.Engine(tp.build_srn(50, 4, 16, 4), memory_limit="200K")
+    small, large = eng.estimate_memory(2), eng.estimate_memory(64)
+    assert small.total < 200 * 1024 < large.total
+    rng = np.random.default_rng(0)
+
+    def batch(B):
+        return {("h_0",): np.zeros((1, B, 16)), tuple(f"x_{t}" for t in range(1, 51)): rng.integers(0, 4, (50, B)),
+                tuple(f"l_{t}" for t in range(1, 51)): rng.integers(0, 4, (50, B))}
+
+    eng.step(batch(2))
+    assert sum(eng.buf.nbytes.values()) <= small.total  # the estimate covers what was allocated
+    with pytest.raises(tp.MemoryLimitError) as exc:
+        eng.step(batch(64))
+    msg = str(exc.value)
+    assert "graph 'srn_L50'" in msg and "batch size 64" in msg and str(large).split(" (")[0] in msg \
+        and "limit of 200.0 KiB" in msg, msg
+    assert set(eng._buffers) == {2} and eng.buf.B == 2  # nothing allocated for 64; the old batch is intact
+    assert isinstance(eng.buf, Buffers)
+    with pytest.raises(tp.ConfigError, match="memory_limit"):
+        tp.Engine(tp.build_srn(2, 4, 16, 4), memory_limit="much")

@@ -60,6 +60,36 @@ def test_bad_kinds_are_config_errors():
         tp.SRN(2, 4, 1, output="linear", tolerance=0)
 
 
+def test_engines_per_length_are_a_bounded_lru_cache_sharing_one_state():
+    model = tp.SRN(4, 8, 4, cache_size=3, seed=1)
+    ref = tp.SRN(4, 8, 4, seed=1)
+    rng = np.random.default_rng(0)
+    for L in (3, 4, 5, 3, 6, 7, 3):  # 3 is used again and again: it stays
+        x = rng.integers(0, 4, (L, 5))
+        assert model.train_step(x, x) == ref.train_step(x, x)  # eviction changes no result
+        assert len(model._engines) <= 3
+    assert list(model._engines) == [6, 7, 3]  # least recently used first
+    engines = [model.engine(L) for L in (6, 7, 3)]
+    assert all(e.optimizers is engines[0].optimizers and e.rng is engines[0].rng for e in engines)
+    assert model.optimizer_state().keys() == ref.optimizer_state().keys()
+    for g in model.params:
+        np.testing.assert_array_equal(model.params[g], ref.params[g])
+    assert tp.models.srn.ENGINE_CACHE_SIZE >= 2 and tp.SRN(4, 8, 4).cache_size == tp.models.srn.ENGINE_CACHE_SIZE
+    with pytest.raises(ConfigError, match="cache_size"):
+        tp.SRN(4, 8, 4, cache_size=0)
+
+
+def test_bptt_graph_is_the_tp_graph_with_gradient_rules():
+    for m2m in (True, False):
+        tp_graph = tp.SRN(4, 8, 4, many_to_many=m2m).graph(5)
+        bptt = tp.SRN(4, 8, 4, method="bptt", many_to_many=m2m).graph(5)
+        want = tp_graph.with_rules("gradient")
+        assert list(bptt.nx.edges(data=True)) == list(want.nx.edges(data=True))
+        assert [repr(n) for n in bptt.nodes] == [repr(n) for n in want.nodes]
+        assert [n.inverses for n in bptt.nodes if hasattr(n, "inverses")] == \
+            [n.inverses for n in want.nodes if hasattr(n, "inverses")]
+
+
 def test_tp_learns_the_adding_problem_below_its_baseline():
     task = tp.tasks.make_task("adding", length=15)
     model = tp.SRN(2, 24, 1, many_to_many=False, inputs="real", output="linear", alpha=0.5, lr_f=1e-3,

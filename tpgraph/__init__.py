@@ -22,8 +22,9 @@ if "numpy" not in _sys.modules and not any(
 
 from .engine import Engine, StepResult  # noqa: E402
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, GraphError,
-                     TPGraphError)
+                     MemoryLimitError, TPGraphError)
 from .graph import Graph
+from .memory import MemoryEstimate
 from .merges import known_merges, register_merge
 from .models.srn import SRN, build_srn
 from .nodes import Add, CrossEntropy, Dense, IndexInput, Input, Inverse, MSE, SoftmaxOutput
@@ -35,7 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense", "DivergenceError",
-    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "MSE", "ParamStore", "SRN",
+    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "MSE", "MemoryEstimate", "MemoryLimitError",
+    "ParamStore", "SRN",
     "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_rule", "known_merges",
     "known_rules", "register_merge", "register_rule",
 ]

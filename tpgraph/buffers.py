@@ -123,3 +123,66 @@ class Buffers:
         self.stacks: list[StackBuffers] = []
         for st in plan.stacks:
             self.stacks.append(StackBuffers(st, plan, B, dtype, self.stacks))
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held, by dtype name: every array that owns its memory, once (views cost nothing)."""
+        seen, out = set(), {}
+        for sbuf in self.stacks:
+            for holder in [sbuf, *sbuf.slots]:
+                names = holder.__slots__ if isinstance(holder, SlotBuffers) else vars(holder)
+                for name in names:
+                    a = getattr(holder, name)
+                    if isinstance(a, np.ndarray) and a.base is None and id(a) not in seen:
+                        seen.add(id(a))
+                        out[a.dtype.name] = out.get(a.dtype.name, 0) + a.nbytes
+        return out
+
+
+def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
+    """What :class:`Buffers` will allocate for ``plan`` at batch size ``B``: bytes by dtype name.
+
+    Computed from the plan's shapes without allocating anything; it follows
+    :class:`StackBuffers` array by array (views, such as a chain's ``h`` in
+    its ``hext``, an add's proposal in its displacement, or a slice of a
+    source stack, cost nothing), and the tests hold it equal to
+    :attr:`Buffers.nbytes`. Keep the two in step.
+    """
+    real, f64, i64 = np.dtype(dtype), np.dtype(np.float64), np.dtype(np.int64)
+    out = {real.name: 0, f64.name: 0, i64.name: 0}
+
+    def add(dt, *shape):
+        out[dt.name] += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+
+    for st in plan.stacks:
+        m, n, node = st.m, st.size, st.node
+        if isinstance(node, IndexInput):
+            add(i64, m, B)
+        else:
+            add(real, m + 1 if st.chain else m, B, n)  # h (hext for a chain)
+        if st.needs_target:
+            add(real, m, B, n)  # d
+        if isinstance(node, Dense):
+            add(real, 3 if st.chain else 2, m, B, n)  # delta, z2, and a for a chain
+            add(real, n + B * n)  # colsum, tmp
+        if node.is_loss:
+            add(real, m, B)
+        add(f64, m)  # local
+        add(real, 2 * m + n)  # inv_count, ones, zero_bias
+        for slot in st.slots:
+            ns = slot.src_size
+            if not slot.recurrent and not isinstance(slot.rows, slice):  # gathered inputs
+                src = plan.stacks[slot.src]
+                if isinstance(src.node, IndexInput):
+                    add(i64, m, B)
+                else:
+                    add(real, m, B, src.size)
+            if slot.propose and st.kind != "add":
+                add(real, m, B, ns)  # p
+            if slot.inverse is not None and slot.credit.needs_inverse:
+                add(real, 3, m, B, ns)  # og, gf, dg
+                add(f64, m)  # recon
+                if slot.inverse.noise > 0:
+                    add(real, 3, m, B, ns)  # noise, xn, gn
+                    add(real, 2, m, B, n)  # fn, aj
+    return {k: v for k, v in out.items() if v}

@@ -43,17 +43,30 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .buffers import Buffers
+from .buffers import Buffers, buffer_bytes
 from .errors import ConfigError, DataError, DivergenceError, GraphError
 from .graph import Graph
 from .kernels import dense as kd
 from .kernels.blas import gemm_for
 from .kinds import RUNNERS
+from .memory import MemoryEstimate, check_memory, parse_bytes
 from .merges import get_merge, wants_context
 from .nodes import Dense, IndexInput
 from .optim import Optimizer, make_optimizer
 from .params import ParamStore
 from .plan import Plan, act_code, compile_plan
+
+
+def plan_memory(plan: Plan, batch_size: int) -> MemoryEstimate:
+    """The arrays an engine running ``plan`` makes for a batch size: its buffers and the losses' scratch.
+
+    See :meth:`Engine.estimate_memory`; nothing is allocated.
+    """
+    dtype = plan.graph.dtype
+    nbytes = buffer_bytes(plan, batch_size, dtype)
+    scratch = sum(st.m * batch_size * st.slots[0].src_size for st in plan.stacks if st.node.is_loss)
+    nbytes[dtype.name] = nbytes.get(dtype.name, 0) + scratch * dtype.itemsize
+    return MemoryEstimate(nbytes)
 
 
 class StepResult:
@@ -108,13 +121,25 @@ class Engine:
         How the scan kernels multiply: through NumPy's OpenBLAS when found
         (``"auto"``; faster for the small per-step products), or ``np.dot``
         inside Numba (``"numba"``). See :mod:`tpgraph.kernels.blas`.
+    memory_limit : int or str, optional
+        The most bytes the buffers of one batch size may take (``"8G"``,
+        ``"off"``); default :data:`tpgraph.memory.MEMORY_ENV` or the memory
+        available when they are made. A batch size whose buffers
+        (:meth:`estimate_memory`) exceed it is refused before allocating,
+        with :class:`~tpgraph.errors.MemoryLimitError`.
+    progress : callable, optional
+        ``progress(stage, done, total)`` during compilation (see
+        :func:`tpgraph.plan.compile_plan`).
     """
 
     def __init__(self, graph: Graph | Plan, params: ParamStore | None = None, *, alpha: float = 1.0,
                  optimizer: str = "sgd", lr: float = 0.01, groups: Mapping | None = None, seed: int = 0,
                  fast_tanh: bool = True, check_finite: bool = True, optimizer_options: Mapping | None = None,
-                 blas: str = "auto"):
-        self.plan = graph if isinstance(graph, Plan) else compile_plan(graph)
+                 blas: str = "auto", memory_limit: int | str | None = None, progress=None):
+        if memory_limit is not None:
+            parse_bytes(memory_limit, "memory_limit")  # refuse a malformed limit now, not at the first batch
+        self.memory_limit = memory_limit
+        self.plan = graph if isinstance(graph, Plan) else compile_plan(graph, progress=progress)
         self.graph = self.plan.graph
         dtype = self.graph.dtype
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha > 0):
@@ -205,9 +230,32 @@ class Engine:
         return f"Engine({self.plan!r}, alpha={self.alpha}, step={self.step_count})"
 
     # ------------------------------------------------------------------ data
+    def estimate_memory(self, batch_size: int) -> MemoryEstimate:
+        """What the first batch of ``batch_size`` will allocate (its buffers), without allocating.
+
+        The plan fixes every buffer's shape: values, displacements, proposals,
+        gathered inputs and the inverses' arrays of every stack, by dtype
+        (:func:`tpgraph.buffers.buffer_bytes`), plus the losses' scratch.
+        Each batch size has its own buffers; the graph and plan themselves
+        are already allocated and not counted.
+
+        Examples
+        --------
+        >>> import tpgraph as tp
+        >>> eng = tp.Engine(tp.build_srn(100, 10, 128, 10))
+        >>> est = eng.estimate_memory(20)
+        >>> est.buffers["float32"] > 100 * 20 * 128 * 4   # at least the hidden states
+        True
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise DataError(f"batch size must be an int >= 1, got {batch_size!r}")
+        return plan_memory(self.plan, int(batch_size))
+
     def _buffers_for(self, B: int) -> Buffers:
         b = self._buffers.get(B)
         if b is None:
+            check_memory(self.estimate_memory(B), f"graph {self.graph.name!r} ({len(self.plan.where)} nodes) "
+                         f"at batch size {B}", self.memory_limit, hint="Use a smaller batch or a smaller graph.")
             b = Buffers(self.plan, B, self.graph.dtype)
             self._buffers[B] = b
         return b

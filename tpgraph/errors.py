@@ -26,6 +26,18 @@ class CheckpointError(TPGraphError):
     """A checkpoint or weight file cannot be loaded safely."""
 
 
+class MemoryLimitError(TPGraphError):
+    """What a graph, batch size or run would allocate exceeds the memory limit (checked before allocating).
+
+    ``estimate`` and ``limit`` are in bytes (see :mod:`tpgraph.memory`).
+    """
+
+    def __init__(self, message: str, estimate: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.estimate = estimate
+        self.limit = limit
+
+
 class DivergenceError(TPGraphError):
     """Training produced a non-finite loss, target or weight."""
 

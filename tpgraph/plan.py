@@ -198,13 +198,20 @@ def _refine(sigs, ins, forced) -> list[int]:
         group, count = new_group, len(ids)
 
 
-def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
+def compile_plan(graph: Graph, stacking: bool = True, progress=None) -> Plan:
     """Validate ``graph`` and compile it into stacks (see the module docstring).
 
     ``stacking=False`` puts every node in a stack of its own (one kernel call
     per node): slower, the same results; useful as a reference and for debugging.
+    ``progress``, if given, is called as ``progress("compiling", done, 4)``
+    after each of the four phases (validation, grouping, stacks, wiring),
+    from ``done=0`` before the first. Every phase is linear in the nodes and
+    edges of the graph.
     """
+    report = progress or (lambda stage, done, total: None)
+    report("compiling", 0, 4)
     order = graph.validate()
+    report("compiling", 1, 4)
     need = _needs_target(graph, order)
     nodes, ins = _index(graph, order)
     sigs = _local_signatures(graph, nodes, need)
@@ -235,6 +242,7 @@ def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
             break
         for v in bad:
             forced[v] = True
+    report("compiling", 2, 4)
     renumber = {gid: i for i, gid in enumerate(stack_order)}
     where = {}
     stacks = []
@@ -277,6 +285,7 @@ def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
                 else:
                     slot.rows = rows
             st.slots.append(slot)
+    report("compiling", 3, 4)
     _wire_incoming(graph, stacks, where)
     fwd, inv = set(), set()
     for n in graph.nodes:
@@ -295,6 +304,7 @@ def compile_plan(graph: Graph, stacking: bool = True) -> Plan:
         raise GraphError(f"parameter group(s) {sorted(clash)} are used both by forward nodes and by an "
                          f"inverse; an inverse trains its own groups and may only *use* forward weights "
                          f"through others='forward'")
+    report("compiling", 4, 4)
     return Plan(graph, stacks, where, sorted(fwd), sorted(inv))
 
 

@@ -22,13 +22,16 @@ a graph; :class:`SRN` compiles it once per sequence length and trains it.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 
 import numpy as np
 
-from ..engine import Engine
+from ..engine import Engine, plan_memory
 from ..errors import ConfigError, DataError, GraphError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
+from ..memory import STRUCTURE_BYTES_PER_NODE, MemoryEstimate, check_memory, parse_bytes
+from ..plan import Plan, compile_plan
 from ..rules import get_rule
 from ..tasks.base import sequence_accuracy, step_accuracy, within_tolerance
 
@@ -48,6 +51,8 @@ FORWARD_GROUPS = ("W_xh", "W_h", "b_h")
 INVERSE_GROUPS = ("V_h", "c_h")
 OUTPUT_GROUPS = ("W_hy", "b_y")
 METHODS = ("tp", "bptt")
+#: Engines an :class:`SRN` keeps, one per sequence length; the least recently used is dropped beyond.
+ENGINE_CACHE_SIZE = 8
 INPUTS = ("index", "real")
 OUTPUTS = ("softmax", "linear")
 
@@ -60,7 +65,7 @@ def _names(prefix, length, start=1):
 def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many: bool = True,
               credit: str = "dtp", noise: float = 0.0, dtype="float32", merge: str = "linear",
               reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh", inputs: str = "index",
-              output: str = "softmax") -> Graph:
+              output: str = "softmax", progress=None) -> Graph:
     """Declare the SRN unrolled over ``length`` steps.
 
     ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"``,
@@ -68,7 +73,8 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     ``inputs`` is ``"index"`` (one-hot tokens by gather) or ``"real"``
     (``x_t`` real vectors); ``output`` is ``"softmax"`` (logits and
     cross-entropy against integer labels) or ``"linear"`` (a linear output
-    and a squared error against real targets).
+    and a squared error against real targets). ``progress``, if given, is
+    called as ``progress("declaring", t, length)`` about a hundred times.
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -79,7 +85,10 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
         raise ConfigError(f"SRN: output must be one of {OUTPUTS}, got {output!r}")
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
     g.input("h_0", n_hidden)
+    every = max(1, length // 100)
     for t in range(1, length + 1):
+        if progress is not None and t % every == 0:
+            progress("declaring", t, length)
         if inputs == "index":
             g.index_input(f"x_{t}", n_in)
         else:
@@ -147,6 +156,16 @@ class SRN:
         ``"fa"`` (feedback alignment: a fixed random matrix in place of
         ``W_h^T``; the inverse is then neither used nor trained). Any
         registered rule that carries credit and suits a dense node is accepted.
+    memory_limit : int or str, optional
+        The most memory an engine (graph, plan and buffers) may take, e.g.
+        ``"8G"``; ``"off"`` for no check. Default: ``$TPGRAPH_MEMORY_LIMIT``
+        or the memory available (see :mod:`tpgraph.memory`). A length and
+        batch size that would exceed it are refused before anything is
+        built (:meth:`estimate_memory`, :class:`~tpgraph.errors.MemoryLimitError`).
+    cache_size : int
+        Engines kept, one per sequence length (:data:`ENGINE_CACHE_SIZE`); the
+        least recently used is dropped when a new length comes, so training on
+        many lengths does not grow memory without bound.
     """
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, method: str = "tp", many_to_many: bool = True,
@@ -154,7 +173,8 @@ class SRN:
                  lr_f: float = 1e-3, lr_g: float = 1e-3, lr_y: float = 1e-3, noise_sigma: float = 0.0,
                  merge: str = "linear", credit: str = "dtp", reduction: str = "mean", fast_tanh: bool = True,
                  optimizer_options: dict | None = None, inputs: str = "index", output: str = "softmax",
-                 tolerance: float = 0.04):
+                 tolerance: float = 0.04, memory_limit: int | str | None = None,
+                 cache_size: int = ENGINE_CACHE_SIZE):
         if method not in METHODS:
             raise ConfigError(f"SRN: method must be one of {METHODS}, got {method!r}")
         try:
@@ -183,12 +203,19 @@ class SRN:
         groups.update({g: {"lr": lr_y, "scale": 1.0 / self.alpha} for g in OUTPUT_GROUPS})
         self._engine_opts = dict(alpha=self.alpha, optimizer=optimizer, lr=lr_f, groups=groups,
                                  fast_tanh=fast_tanh, optimizer_options=optimizer_options, seed=seed)
-        self._engines: dict[int, Engine] = {}
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ConfigError(f"SRN: cache_size must be an int >= 1, got {cache_size!r}")
+        if memory_limit is not None:
+            parse_bytes(memory_limit, "SRN memory_limit")
+        self.memory_limit, self.cache_size = memory_limit, cache_size
+        self._engine_opts["memory_limit"] = memory_limit
+        self._engines: OrderedDict[int, Engine] = OrderedDict()  # by length, least recently used first
+        self._probes: dict[int, Plan] = {}  # plans of lengths 1-3, for memory estimates
         self._reference_engines: dict[int, Engine] = {}  # BPTT twins for alignment, per length
         self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
         first = self.graph(1)  # validates the options, fixes the parameter groups
         self.params = first.init_params(seed)
-        self._first: Engine | None = None
+        self._first: Engine | None = None  # holds what every length shares (made with the first engine)
 
     def __repr__(self):
         kinds = "" if (self.inputs, self.output) == ("index", "softmax") else \
@@ -197,24 +224,86 @@ class SRN:
                 f"dtype={self.dtype.name})")
 
     # ------------------------------------------------------------------ graphs and engines
-    def graph(self, length: int) -> Graph:
-        """The unrolled graph of this model for sequences of ``length`` (TP or BPTT rules)."""
-        g = build_srn(length, **self._graph_opts)
-        return g.with_rules("gradient") if self.method == "bptt" else g
+    def graph(self, length: int, progress=None) -> Graph:
+        """The unrolled graph of this model for sequences of ``length`` (TP or BPTT rules).
 
-    def engine(self, length: int) -> Engine:
-        """The engine for ``length`` (compiled once, cached); all lengths share parameters and optimisers."""
+        BPTT's graph is declared with ``gradient`` edges back in time: the same
+        graph as ``build_srn(...).with_rules("gradient")``, without the copy.
+        """
+        opts = dict(self._graph_opts, credit="gradient") if self.method == "bptt" else self._graph_opts
+        return build_srn(length, progress=progress, **opts)
+
+    def engine(self, length: int, batch_size: int | None = None, progress=None) -> Engine:
+        """The engine for ``length``: compiled once, then cached (least recently used dropped).
+
+        All lengths share parameters, optimisers and the noise generator.
+        Before building a new one, :meth:`estimate_memory` (with
+        ``batch_size`` when given, else the graph alone) is checked against
+        the memory limit, so a length that cannot fit is refused at once.
+        ``progress(stage, done, total)``, if given, follows the declaration
+        (``"declaring"``) and the compilation (``"compiling"``).
+        """
         eng = self._engines.get(length)
-        if eng is None:
-            eng = Engine(self.graph(length), self.params, **self._engine_opts)
-            if self._first is None:
-                self._first = eng
-            else:
-                eng.optimizers = self._first.optimizers
-                eng.rng = self._first.rng
-                eng.feedback = self._first.feedback
-            self._engines[length] = eng
+        if eng is not None:
+            self._engines.move_to_end(length)
+            return eng
+        self._check_memory(length, batch_size)
+        if self._first is None:  # a small engine owns the shared state, whichever lengths come and go
+            self._first = Engine(self.graph(1), self.params, **self._engine_opts)
+        eng = Engine(self.graph(length, progress), self.params, progress=progress, **self._engine_opts)
+        eng.optimizers = self._first.optimizers
+        eng.rng = self._first.rng
+        eng.feedback = self._first.feedback
+        self._engines[length] = eng
+        while len(self._engines) > self.cache_size:
+            old, _ = self._engines.popitem(last=False)
+            self._reference_engines.pop(old, None)
         return eng
+
+    def estimate_memory(self, length: int, batch_size: int | None = None) -> MemoryEstimate:
+        """What the engine for ``length`` and its first batch of ``batch_size`` will allocate, before building it.
+
+        The graph and plan (``structure``: nodes times
+        :data:`~tpgraph.memory.STRUCTURE_BYTES_PER_NODE`) and the buffers of
+        the batch size (``buffers``, by dtype; none without ``batch_size``).
+        Every stack of the unrolled SRN has one member per step or one in
+        all, so both are affine in the length: they are computed exactly on
+        the compiled graphs of lengths 2 and 3 (kept) and extrapolated, which
+        costs microseconds at any length.
+
+        Examples
+        --------
+        >>> from tpgraph import SRN
+        >>> est = SRN(10, 128, 10).estimate_memory(10**7, 20)
+        >>> est.total > 10**12   # a terabyte: refused at once, never built
+        True
+        """
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            raise ConfigError(f"SRN: length must be a positive int, got {length!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ConfigError(f"SRN: batch size must be a positive int, got {batch_size!r}")
+        length = int(length)
+        lengths = (length,) if length <= 3 else (2, 3)
+        for L in lengths:
+            if L not in self._probes:
+                self._probes[L] = compile_plan(self.graph(L))
+        ests = []
+        for L in lengths:
+            plan = self._probes[L]
+            buffers = plan_memory(plan, int(batch_size)).buffers if batch_size is not None else {}
+            ests.append(MemoryEstimate(buffers, len(plan.where) * STRUCTURE_BYTES_PER_NODE))
+        if length <= 3:
+            return ests[0]
+        a, b = ests
+        k = length - 2
+        return MemoryEstimate({d: a.buffers.get(d, 0) + k * (b.buffers.get(d, 0) - a.buffers.get(d, 0))
+                               for d in b.buffers}, a.structure + k * (b.structure - a.structure))
+
+    def _check_memory(self, length, batch_size):
+        batch = f", batch size {batch_size}" if batch_size is not None else ""
+        check_memory(self.estimate_memory(length, batch_size), f"the SRN ({self.method}) at length {length}{batch}",
+                     self.memory_limit, hint="Use shorter sequences or a smaller batch.")
 
     def _batch(self, inputs, labels):
         inputs = np.asarray(inputs)
