@@ -100,7 +100,7 @@ def test_long_range_srn_tp_and_bptt_learn_below_the_baseline(task):
     mod = load("long_range_srn")
     from tpgraph.tasks import make_task
 
-    out = mod.main(task, length=10, batches=400, every=200, quiet=True)
+    out = mod.main(task, length=10, batches=600, every=300, quiet=True)
     baseline = make_task(task, length=10).baseline_loss
     assert out["tp"][0] == out["bptt"][0]  # the same initialisation and validation set
     for method, history in out.items():
