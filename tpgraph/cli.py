@@ -216,7 +216,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tpgraph", description=(
         "Train simple recurrent networks with target propagation (Dai & Chin) or BPTT on the paper's "
-        "tasks, compare the two, and plot recorded runs."),
+        "tasks, compare the two, search hyper-parameters on Dask (sweep, reproduce), and plot recorded runs."),
         epilog="Run `tpgraph COMMAND --help` for each command's options and examples.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
@@ -292,7 +292,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="a Dask scheduler (tcp://HOST:PORT); default: a LocalCluster on this machine; "
                         "serial: one trial at a time in this process")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="LocalCluster worker processes (default: one per core)")
     p.add_argument("--storage", metavar="URL", default=None,
                    help="an Optuna RDB storage URL (default sqlite:///STUDY/study.db)")
