@@ -420,3 +420,28 @@ def test_study_folder_is_self_contained(tmp_path):
     reopened = Study.open(tmp_path / "out")  # from the folder alone, wherever the spec file went
     assert reopened.spec.base == spec.base and reopened.spec.name == "s"
     assert Study(load_spec(spec_file), tmp_path / "out").folder == study.folder  # the same spec resumes
+
+
+def test_reproduce_smoke_writes_the_tables(tmp_path):
+    from tpgraph.studies.reproduce import BUDGETS, CSV_COLUMNS, TABLES, reproduce
+
+    res = reproduce("table1", tmp_path / "t1", BUDGETS["smoke"], values=(5,), scheduler="serial", say=lambda s: None)
+    rows = res["rows"]
+    assert [(r["T"], r["method"]) for r in rows] == [(5, "tp"), (5, "bptt")]
+    for r in rows:
+        assert r["seeds"] == BUDGETS["smoke"].final_seeds
+        assert (r["paper_loss"], r["paper_accuracy"]) == TABLES["table1"].paper[5][r["method"]]
+        assert r["baseline_loss"] == pytest.approx(10 * math.log(8) / 25)
+        assert 0 <= r["best_val_accuracy"] <= 100 and r["best_val_loss"] <= r["final_val_loss"] + 1e-12
+    # the searched values of the final runs are the search's best, and BPTT was not searched over TP-only keys
+    assert "method.alpha" in rows[0]["params"] and "method.alpha" not in rows[1]["params"]
+    final = Study.open(tmp_path / "t1" / "final")
+    for g in final.optuna_studies():
+        (t,) = g.study.get_trials(deepcopy=False)
+        search_best = [r for r in rows if r["method"] == g.values["method.name"]][0]["params"]
+        assert t.params == search_best and t.user_attrs["seeds"] == [1001, 1002]
+    lines = (tmp_path / "t1" / "table1.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(CSV_COLUMNS) and len(lines) == 3
+    md = (tmp_path / "t1" / "table1.md").read_text()
+    assert "budget 'smoke'" in md and "| 5 | tp |" in md
+    assert res["files"]["loss"].exists() and res["files"]["spectral"].exists()
