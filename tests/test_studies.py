@@ -445,3 +445,22 @@ def test_reproduce_smoke_writes_the_tables(tmp_path):
     md = (tmp_path / "t1" / "table1.md").read_text()
     assert "budget 'smoke'" in md and "| 5 | tp |" in md
     assert res["files"]["loss"].exists() and res["files"]["spectral"].exists()
+
+
+@pytest.mark.parametrize("name, cls", [("median", "MedianPruner"), ("successive_halving", "SuccessiveHalvingPruner"),
+                                       ("hyperband", "HyperbandPruner"), ("none", "NopPruner")])
+def test_pruners_by_name_with_batch_defaults(name, cls):
+    from tpgraph.studies.spec import make_pruner
+
+    spec = parse_spec(tiny_spec(seeds=2, n_batches=500, pruner=name))
+    args = spec.pruner_args()
+    assert args[2] == 2 * 501 and args[3] == 100  # two seeds' curves; a fifth of one run before pruning
+    pruner = make_pruner(*args)
+    assert type(pruner).__name__ == cls
+    if name == "median":
+        assert pruner._n_warmup_steps == 100
+    if name == "hyperband":
+        assert pruner._min_resource == 100 and pruner._max_resource == 1002
+    # the user's options win over the defaults
+    if name == "median":
+        assert make_pruner("median", {"n_warmup_steps": 7}, 10, 100)._n_warmup_steps == 7
