@@ -207,6 +207,17 @@ def test_sigint_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
+def test_a_run_too_large_is_refused_at_once_and_leaves_no_folder(tmp_path, capsys):
+    code = main(["train", *TINY, "--delay", "10000000", "--runs-dir", str(tmp_path), "--name", "huge", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("tpgraph: error: the run (copy_memory, tp) at length 10000020") \
+        and "batch size 20" in err and "limit of" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "huge").exists()
+    code = main(["train", *TINY, "--memory-limit", "1M", "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 2 and "limit of 1.0 MiB (the memory_limit given)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _interrupted_run(tmp_path, name="paused", plots=True):
     """A run stopped (as by Ctrl-C) at batch 20 of 60, with a checkpoint to resume from."""
     from tpgraph.train import Callback, Trainer

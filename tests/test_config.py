@@ -48,6 +48,8 @@ def test_defaults_follow_the_paper_protocol():
     ({"protocol": 5}, ["[protocol]", "table"]),
     ({"protocol": {"warmup": 100, "n_batches": 100}}, ["protocol.warmup", "protocol.n_batches"]),
     ({"output": {"checkpoint_every": -1}}, ["output.checkpoint_every", ">= 0"]),
+    ({"protocol": {"memory_limit": "lots"}}, ["protocol.memory_limit", "'8G'", "'off'"]),
+    ({"protocol": {"memory_limit": 8}}, ["protocol.memory_limit", "a string"]),
 ])
 def test_errors_name_the_key_and_the_allowed_values(data, words):
     with pytest.raises(ConfigError) as err:

@@ -221,6 +221,51 @@ def test_same_config_same_result():
     assert [r["val_loss"] for r in a.state.rows] == [r["val_loss"] for r in b.state.rows]
 
 
+# ---------------------------------------------------------------------- memory
+def test_a_run_too_large_for_the_memory_is_refused_before_it_is_built(monkeypatch):
+    import tpgraph.models.srn as srn_module
+    from tpgraph.errors import MemoryLimitError
+
+    declared = []
+    declare = srn_module.build_srn
+    monkeypatch.setattr(srn_module, "build_srn", lambda L, *a, **k: declared.append(L) or declare(L, *a, **k))
+    with pytest.raises(MemoryLimitError) as exc:
+        Trainer(_config("task.delay=10000000", "protocol.batch_size=20"))
+    msg = str(exc.value)
+    for part in ("the run (copy_memory, tp) at length 10000020", "batch size 20", "3 validation batches",
+                 "GiB", "limit of", "nothing was allocated", "protocol.memory_limit"):
+        assert part in msg, (part, msg)
+    assert max(declared) <= 3  # nothing of length 10^7 was declared, let alone compiled
+    with pytest.raises(MemoryLimitError, match="the memory_limit given"):
+        Trainer(_config("protocol.memory_limit='1M'", "task.delay=200"))
+
+
+def test_the_run_estimate_covers_what_the_run_allocates():
+    t = Trainer(_config("protocol.n_batches=30", "protocol.warmup=5", "protocol.val_every=30"))
+    est = t.estimate_memory()
+    t.run()
+    buffers = sum(sum(b.nbytes.values()) for b in t.engine._buffers.values())
+    assert set(t.engine._buffers) == {t.config.protocol.batch_size, 3 * t.config.protocol.batch_size}
+    data = sum(a.nbytes for a in (t.val_inputs, t.val_labels, t._val_x, t._val_y))
+    assert buffers + data <= est.total - est.structure <= 1.1 * (buffers + data) + 2**16
+
+
+def test_compile_progress_on_a_terminal_and_as_lines(monkeypatch):
+    import time as time_module
+
+    bar, lines = _Tty(), io.StringIO()
+    callbacks = [Progress("bar", "tp", stream=bar, min_interval=0.0), Progress("lines", "tp", stream=lines)]
+    Trainer(_config("task.delay=300"), callbacks=callbacks)
+    assert "declaring the graph of length 320" in bar.getvalue() and "compiling" in bar.getvalue()
+    assert bar.getvalue().endswith("\r")  # the bar's line is cleared for what follows
+    assert lines.getvalue() == ""  # quick: nothing off a terminal
+    clock = iter(range(0, 10**6, 5))  # a slow compile: 5 s between the calls
+    monkeypatch.setattr(time_module, "monotonic", lambda: float(next(clock)))
+    lines = io.StringIO()
+    Trainer(_config("task.delay=30"), callbacks=[Progress("lines", "tp", stream=lines)])
+    assert lines.getvalue().startswith("[tp] built the graph of length 50 in ") and lines.getvalue().count("\n") == 1
+
+
 # ---------------------------------------------------------------------- progress
 class _Tty(io.StringIO):
     def isatty(self):

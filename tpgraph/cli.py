@@ -189,6 +189,7 @@ _FLAGS = (
     ("--checkpoint-every", "output.checkpoint_every", _nonneg_int, "batches between checkpoints (0: end only)"),
     ("--runs-dir", "output.runs_dir", str, "folder receiving the run folders"),
     ("--name", "output.name", str, "the run folder's name"),
+    ("--memory-limit", "protocol.memory_limit", str, "the most memory a run may take, e.g. 8G ('off': no check)"),
 )
 
 
@@ -417,7 +418,13 @@ def cmd_train(args) -> int:
             trainer.draw_plots = False
     else:
         config = _resolve(args)
-        trainer = Trainer(config, new_run_dir(config), callbacks=[_progress(args, config.method.name)])
+        folder = new_run_dir(config)
+        try:
+            trainer = Trainer(config, folder, callbacks=[_progress(args, config.method.name)])
+        except TPGraphError:  # refused (e.g. too large for the memory): leave no empty run folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
     summary = trainer.run()
     print(format_summary(summary))
     if summary["status"] == "aborted" and str(summary.get("reason", "")).startswith("interrupted"):

@@ -9,6 +9,10 @@
 ``"lines"``  one plain line per validation point (for logs, pipes and CI);
 ``"off"``    nothing.
 
+Building the engine of a long sequence takes seconds (about 2 s per 10^4
+steps): on a terminal the bar shows its stages first (declaring, compiling);
+as lines, one line says how long it took if it took a second or more.
+
 ``mode="auto"`` picks ``"bar"`` when the stream is a terminal and ``"lines"``
 otherwise; ``--quiet`` on the command line means ``"off"``.
 """
@@ -77,8 +81,32 @@ class Progress(Callback):
         self._b0 = 0
         self._drawn = False
         self._started = False
+        self._compile_t0: float | None = None
 
     # ------------------------------------------------------------------ hooks
+    def on_compile(self, trainer, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self._compile_t0 is None:
+            self._compile_t0 = now
+        finished = stage == "compiling" and done == total
+        if self.mode == "bar":
+            if finished:
+                self._clear()
+            elif now >= self._next_draw:
+                self._next_draw = now + self.min_interval
+                frac = 0.4 * done / total if stage == "declaring" else 0.4 + 0.6 * done / total
+                filled = int(round(frac * 20))
+                text = (f"{self.label + ' ' if self.label else ''}{stage} the graph of length "
+                        f"{trainer.task.length}  [{'#' * filled}{'.' * (20 - filled)}]  {100 * frac:.0f}%  "
+                        f"{format_duration(now - self._compile_t0)}")
+                width = shutil.get_terminal_size((100, 20)).columns - 1
+                self.stream.write("\r" + text[:width].ljust(width))
+                self.stream.flush()
+                self._drawn = True
+        elif self.mode == "lines" and finished and now - self._compile_t0 >= 1.0:
+            self._print(f"{self._prefix()}built the graph of length {trainer.task.length} in "
+                        f"{format_duration(now - self._compile_t0)}")
+
     def on_start(self, trainer) -> None:
         self.total = trainer.config.protocol.n_batches
         self._t0 = time.monotonic()
@@ -152,6 +180,13 @@ class Progress(Callback):
         self.stream.write("\r" + text[:width].ljust(width))
         self.stream.flush()
         self._drawn = True
+
+    def _clear(self) -> None:
+        """Erase the bar's line (the next draw or print starts on a clean line)."""
+        if self.mode == "bar" and self._drawn:
+            self.stream.write("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r")
+            self.stream.flush()
+            self._drawn = False
 
     def _print(self, line: str) -> None:
         if self.mode == "bar" and self._drawn:

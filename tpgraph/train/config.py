@@ -246,6 +246,10 @@ class ProtocolConfig:
     warmup: int = _opt(int, 1000, "TP: the first batches train only the inverse (ignored by BPTT)", minimum=0)
     seed: int = _opt(int, 0, "seed of the initialisation, the training batches and the noise", minimum=0)
     val_seed: int = _opt(int, 12345, "seed of the validation set (made once)", minimum=0)
+    memory_limit: str | None = _opt(
+        str, None, "the most memory the run may take, e.g. '8G' or '512M' ('off': no check); a run that would "
+        "take more is refused before it is built; none: $TPGRAPH_MEMORY_LIMIT, else the memory available",
+        nullable=True)
     max_spectral_radius: float | None = _opt(
         float, None, "abort when the spectral radius of W_h or V_h passes this (TPTT used 20); none: never",
         above=0.0, nullable=True)
@@ -357,6 +361,10 @@ class Config:
             make_task(t.name, **t.task_options())
         except ConfigError as exc:
             raise ConfigError(f"[task]: {exc}") from None
+        if self.protocol.memory_limit is not None:
+            from ..memory import parse_bytes
+
+            parse_bytes(self.protocol.memory_limit, "protocol.memory_limit")
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")

@@ -51,6 +51,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DivergenceError, TPGraphError
+from ..memory import MemoryEstimate, check_memory
 from ..models.srn import SRN
 from ..rules import get_rule
 from ..tasks import Task, make_task
@@ -66,6 +67,10 @@ _DATA_STREAM = 0x7D47A  # spawn key that separates the data stream from the init
 
 class Callback:
     """Hooks called by :meth:`Trainer.run`; override any of them."""
+
+    def on_compile(self, trainer: "Trainer", stage: str, done: int, total: int) -> None:
+        """While the model's engine is built, before :meth:`on_start` (``stage``: ``"declaring"``,
+        ``"compiling"``; ``done`` of ``total``). Worth showing for long sequences."""
 
     def on_start(self, trainer: "Trainer") -> None:
         """Before the first batch of this session."""
@@ -130,7 +135,7 @@ def build_model(config: Config, task: Task) -> SRN:
                seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
                noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
-               output="linear" if regression else "softmax", **extra)
+               output="linear" if regression else "softmax", memory_limit=p.memory_limit, **extra)
 
 
 def data_stream(seed: int) -> np.random.Generator:
@@ -170,6 +175,11 @@ def new_run_dir(config: Config, label: str | None = None) -> Path:
     raise ConfigError(f"cannot find a free run folder name under {str(root)!r}")
 
 
+def _group_factor(n: int, most: int = 10) -> int:
+    """How many validation batches one forward pass takes: the largest divisor ``k <= most`` of ``n``."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+
+
 def _group_batches(a: np.ndarray, most: int = 10) -> np.ndarray:
     """``[n, L, B, ...]`` -> ``[n / k, L, k B, ...]`` for the largest divisor ``k <= most`` of ``n``.
 
@@ -179,7 +189,7 @@ def _group_batches(a: np.ndarray, most: int = 10) -> np.ndarray:
     """
     n, L, B = a.shape[:3]
     rest = a.shape[3:]
-    k = max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+    k = _group_factor(n, most)
     order = (0, 2, 1, 3) + tuple(range(4, 4 + len(rest)))
     return np.ascontiguousarray(a.reshape(n // k, k, L, B, *rest).transpose(order).reshape(n // k, L, k * B, *rest))
 
@@ -218,15 +228,21 @@ class Trainer:
         self.config = config
         self.task = build_task(config)
         self.model = build_model(config, self.task)
-        self.engine = self.model.engine(self.task.length)
-        self.data_rng = data_stream(config.protocol.seed)
+        self.callbacks = list(callbacks)
         p = config.protocol
+        # refuse a run that cannot fit before building anything of its size (seconds per 10^4 steps)
+        check_memory(self.estimate_memory(), f"the run ({self.task.name}, {config.method.name}) at length "
+                     f"{self.task.length}, batch size {p.batch_size}, {p.val_batches} validation batches",
+                     p.memory_limit, hint="Use shorter sequences, a smaller batch or fewer validation batches.")
+        hooks = self._hooks("on_compile")
+        progress = (lambda stage, done, total: [fn(self, stage, done, total) for fn in hooks]) if hooks else None
+        self.engine = self.model.engine(self.task.length, p.batch_size, progress=progress)
+        self.data_rng = data_stream(config.protocol.seed)
         self.val_inputs, self.val_labels = self.task.validation_set(p.val_seed, p.val_batches, p.batch_size)
         self._val_x, self._val_y = _group_batches(self.val_inputs), _group_batches(self.val_labels)
         self.state = TrainState()
         self.best_params: dict[str, np.ndarray] | None = None
         self.files = RunFiles(run_dir) if run_dir is not None else None
-        self.callbacks = list(callbacks)
         # the inverse-only warm-up: TP with a rule that has an inverse to train (not BPTT, not fa)
         self.warmup = p.warmup if config.method.name == "tp" and get_rule(config.method.credit).needs_inverse else 0
         # the model reports losses summed over the batch under reduction "sum"; records are per sample
@@ -251,6 +267,30 @@ class Trainer:
                 atomic_write_text(self.files.config, to_toml(config, header=(
                     "The resolved configuration of this run (every key, defaults included).\n"
                     "Rerun it with: tpgraph train " + str(self.files.config))))
+
+    def estimate_memory(self) -> MemoryEstimate:
+        """What this run will allocate, known before anything of its size is built.
+
+        The model's engine at the training batch size (graph, plan and
+        buffers: :meth:`tpgraph.SRN.estimate_memory`), the buffers of the
+        validation passes (several validation batches per pass), and the
+        validation set (kept as drawn and grouped into passes).
+        """
+        p, task = self.config.protocol, self.task
+        L, B = task.length, p.batch_size
+        wide = _group_factor(p.val_batches) * B
+        train = self.model.estimate_memory(L, B)
+        val = self.model.estimate_memory(L, wide) if wide != B else MemoryEstimate()
+        real_in = getattr(task, "input_kind", "index") != "index"
+        real_out = getattr(task, "output_kind", "class") == "regression"
+        per_seq_in = L * (task.n_in if real_in else 1) * 8
+        per_seq_out = getattr(task, "label_length", L) * (task.n_out if real_out else 1) * 8
+        data: dict[str, int] = {}
+        for real, per_seq in ((real_in, per_seq_in), (real_out, per_seq_out)):
+            key = "float64" if real else "int64"
+            # the validation set as drawn and grouped into passes, and one training batch
+            data[key] = data.get(key, 0) + (2 * p.val_batches + 1) * B * per_seq
+        return train + MemoryEstimate(val.buffers) + MemoryEstimate(data)
 
     def __repr__(self):
         return (f"Trainer({self.config.summary_line()}, batch={self.state.batch}, status={self.state.status!r}, "
