@@ -75,6 +75,8 @@ class StackBuffers:
         inv = np.ones(m, dtype=dtype)
         if st.counts is not None and st.merge == "mean":
             inv = np.where(st.counts > 0, 1.0 / np.maximum(st.counts, 1), 1.0).astype(dtype)
+        elif st.merge_scale is not None:  # a weighted merge: the scale of the scan's own path
+            inv = st.merge_scale.astype(dtype)
         self.inv_count = inv
         self.inv_count3 = inv.reshape(m, 1, 1)
         self.ones = np.ones(m, dtype=dtype)

@@ -224,6 +224,11 @@ class Engine:
         self._d_dirty = [True] * len(self.plan.stacks)  # per stack: displacement not yet written this step
         self._losses = [st for st in self.plan.stacks if st.node.is_loss]
         self._loss_scratch = {}
+        # merges run inside the kernels: compiled ones (by stack), scratch for weighted deliveries
+        self.jit_merges = {st.id: get_merge(st.merge) for st in self.plan.stacks if st.merge_kind == "jit"}
+        self._all_members = {st.id: np.arange(st.m, dtype=np.int64) for st in self.plan.stacks}
+        self._zero_blocks: dict[tuple, np.ndarray] = {}
+        self._scale_scratch: dict[tuple, tuple] = {}
         self._last = None
 
     def __repr__(self):
@@ -477,32 +482,57 @@ class Engine:
         """Add a slot's proposals (displacements) into its sources' displacement buffers."""
         dst = self.buf.stacks[slot.src].d
         dirty = self._d_dirty
+        p = sb.p if slot.deliver_scale is None else self._scaled(slot, sb.p)  # a weighted merge's weights
         if isinstance(slot.rows, slice):
             if dirty[slot.src] and slot.rows.stop - slot.rows.start == dst.shape[0]:
-                np.copyto(dst, sb.p)  # first to arrive and covering every member: no zero-fill, no add
+                np.copyto(dst, p)  # first to arrive and covering every member: no zero-fill, no add
             else:
                 if dirty[slot.src]:
                     dst.fill(0)
-                dst[slot.rows] += sb.p
+                dst[slot.rows] += p
         else:
             if dirty[slot.src]:
                 dst.fill(0)
-            kd.scatter_rows_add(dst, slot.rows, sb.p)
+            kd.scatter_rows_add(dst, slot.rows, p)
         dirty[slot.src] = False
 
-    def deliver_member(self, sid: int, member: int, p: np.ndarray) -> None:
+    def _scaled(self, slot, p: np.ndarray) -> np.ndarray:
+        """``p`` times the slot's per-member delivery scale (a weighted merge), in a scratch array."""
+        key = (id(slot), p.shape)
+        entry = self._scale_scratch.get(key)
+        if entry is None:
+            entry = self._scale_scratch[key] = (slot.deliver_scale.astype(p.dtype).reshape(-1, 1, 1),
+                                                np.empty_like(p))
+        scale, out = entry
+        np.multiply(p, scale, out=out)
+        return out
+
+    def deliver_member(self, sid: int, member: int, p: np.ndarray, scale: float = 1.0) -> None:
         """Add one proposal (a chain head's, to its initial input) into member ``member`` of stack ``sid``."""
         dst = self.buf.stacks[sid].d
         if self._d_dirty[sid]:
             dst.fill(0)
             self._d_dirty[sid] = False
-        dst[member] += p
+        if scale != 1.0:
+            dst[member] += dst.dtype.type(scale) * p
+        else:
+            dst[member] += p
 
     def finalize_merge(self, st, b, members) -> None:
         """Turn accumulated displacements into merged ones for the given members."""
-        if st.merge == "linear" or b.d is None:
+        kind = st.merge_kind
+        if kind in ("linear", "weighted") or b.d is None:  # weighted: scaled as delivered
             return
-        if st.merge == "mean":
+        if kind == "jit":
+            jm = self.jit_merges[st.id]
+            idx = self._all_members[st.id] if isinstance(members, range) and len(members) == st.m \
+                else np.asarray(list(members), dtype=np.int64)
+            zeros = self._zero_blocks.get(b.d.shape[1:])
+            if zeros is None:
+                zeros = self._zero_blocks[b.d.shape[1:]] = np.zeros(b.d.shape[1:], dtype=b.d.dtype)
+            kd.merge_members(jm.fn, jm.params, b.h, b.d, zeros, idx)
+            return
+        if kind == "mean":
             if isinstance(members, range) and len(members) == st.m:
                 b.d *= b.inv_count3
             else:

@@ -166,7 +166,8 @@ class DenseRunner:
         elif stop == 1:  # the scan stopped before the head: only its delta is missing
             mul_deriv(b.d[0], b.h[0], code, node.slope, b.delta[0])
         if st.propose_init:
-            eng.deliver_member(*st.init_src, sb.p[0])
+            scale = 1.0 if slot.deliver_scale is None else float(slot.deliver_scale[0])
+            eng.deliver_member(*st.init_src, sb.p[0], scale)
 
     # ------------------------------------------------------------------ updates
     def grads(self, eng, st, b):

@@ -35,7 +35,7 @@ import numpy as np
 
 from .graph import Graph, topological_order
 from .kernels.activations import ACTIVATIONS, TANH, TANH_FAST
-from .merges import BUILTIN
+from .merges import get_merge, merge_kind
 from .nodes import Dense, IndexInput, Inverse, Node
 from .rules import CreditRule, get_rule
 
@@ -55,6 +55,8 @@ class Slot:
     src_is_index: bool = False
     src_size: int = 0
     credit: CreditRule | None = None  # the rule object of ``rule`` (what it needs, how it proposes)
+    # weighted merges of the source: the scale of each consumer member's delivered displacement (None: 1)
+    deliver_scale: np.ndarray | None = None
 
     def __repr__(self):
         kind = "recurrent" if self.recurrent else f"rows={self.rows}"
@@ -76,6 +78,7 @@ class Stack:
     propose_init: bool = False  # does the chain's head propose a target to its initial input?
     merge: str = "linear"
     counts: np.ndarray | None = None  # incoming proposals per member
+    merge_scale: np.ndarray | None = None  # weighted merges: the per-member scale the scans apply
     incoming: list = field(default_factory=list)  # per member: [(stack id, slot index, consumer member)]
 
     @property
@@ -91,8 +94,13 @@ class Stack:
         return self.node.size
 
     @property
+    def merge_kind(self) -> str:
+        """How the merge runs: ``linear``, ``mean``, ``weighted``, ``jit`` (inside the kernels) or ``python``."""
+        return merge_kind(self.merge)
+
+    @property
     def fused_merge(self) -> bool:
-        return self.merge in BUILTIN
+        return self.merge_kind != "python"
 
     def __repr__(self):
         shape = "chain" if self.chain else "batch"
@@ -287,6 +295,7 @@ def compile_plan(graph: Graph, stacking: bool = True, progress=None) -> Plan:
             st.slots.append(slot)
     report("compiling", 3, 4)
     _wire_incoming(graph, stacks, where)
+    _weigh_merges(stacks)
     fwd, inv = set(), set()
     for n in graph.nodes:
         if isinstance(n, Dense):
@@ -362,3 +371,30 @@ def _wire_incoming(graph, stacks, where):
                 stacks[sid].incoming[j].append((st.id, slot.index, k))
     for st in stacks:
         st.counts = np.array([len(x) for x in st.incoming], dtype=np.int64)
+
+
+def _weigh_merges(stacks):
+    """Weighted merges as scaled accumulation: ``d_k = sum_i w_i p_i``, the weights fixed per path.
+
+    A chain's scan merges the proposal of member ``k + 1`` into member ``k``
+    as ``d_k = (d_k + p) * s_k``; with ``s_k`` = that path's weight, every
+    other path into ``k`` is delivered scaled by ``w_i / s_k``. Outside a
+    chain (and at its last member) ``s_k = 1`` and deliveries carry ``w_i``.
+    """
+    for st in stacks:
+        if st.merge_kind != "weighted":
+            continue
+        weight = get_merge(st.merge)
+        s = np.ones(st.m)
+        if st.chain:
+            for j in range(st.m - 1):
+                s[j] = weight(st.members[j], st.members[j + 1])
+        st.merge_scale = s
+        for j, incoming in enumerate(st.incoming):
+            for cs, si, ck in incoming:
+                if cs == st.id and stacks[cs].slots[si].recurrent:
+                    continue  # the scan's own path, scaled by s
+                slot = stacks[cs].slots[si]
+                if slot.deliver_scale is None:
+                    slot.deliver_scale = np.ones(stacks[cs].m)
+                slot.deliver_scale[ck] = weight(st.members[j], stacks[cs].members[ck]) / s[j]

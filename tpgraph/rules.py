@@ -150,6 +150,15 @@ class Gradient(CreditRule):
         np.dot(b.delta2, self.matrix(eng, slot), out=sb.p2)
 
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop) -> None:
+        jm = eng.jit_merges.get(st.id)
+        if jm is not None:  # a compiled merge strategy, called inside the scan
+            args = (jm.fn, jm.params, b.d, b.hext, self.matrix(eng, slot), code, st.node.slope, start, stop,
+                    sb.p, b.delta)
+            if eng.gemm is not None:
+                kd.scan_gradient_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
+            else:
+                kd.scan_gradient_merge(*args)
+            return
         args = (b.d, b.hext, self.matrix(eng, slot), code, st.node.slope, inv_count, start, stop, sb.p, b.delta)
         if eng.gemm is not None:
             kd.scan_gradient_cblas(eng.gemm, eng.one, eng.zero, *args)
@@ -215,6 +224,15 @@ class _InverseRule(CreditRule):
 
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop) -> None:
         inv = slot.inverse
+        jm = eng.jit_merges.get(st.id)
+        if jm is not None:  # a compiled merge strategy, called inside the scan
+            args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
+                    eng.inv_codes[(st.id, slot.index)], inv.slope, start, stop, self.difference, sb.p, b.tmp)
+            if eng.gemm is not None:
+                kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
+            else:
+                kd.scan_inverse_merge(*args)
+            return
         args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
                 inv.slope, inv_count, start, stop, self.difference, sb.p, b.tmp)
         if eng.gemm is not None:

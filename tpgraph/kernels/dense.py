@@ -9,6 +9,7 @@ orientation ``W [out, in]``; ``WT`` denotes a contiguous transposed copy.
 """
 
 import numpy as np
+from numba import njit
 
 from .activations import TANH, TANH_FAST, act_block, act_scalar, deriv_scalar, fast_tanh, mul_deriv
 from .blas import mm
@@ -289,3 +290,69 @@ def difference(param, old):
         o[i] = v - o[i]
         bad += not np.isfinite(v)
     return bad == 0
+
+
+# The scans with a compiled merge strategy (tpgraph.merges.JitMerge) in place of the
+# scaled accumulation: ``merge(h, d, p, k, params)`` writes member k's merged displacement
+# into ``d`` from the displacement accumulated from its other consumers (``d`` on entry)
+# and the proposal ``p`` of member k + 1. Numba compiles one specialisation per merge,
+# once per process: these kernels take a function, so they are not cached on disk (the
+# cache index would name the user's module), the one exception to ``cache=True``.
+merge_kernel = njit(cache=False, error_model="numpy", nogil=True)
+
+
+@merge_kernel
+def merge_members(merge, params, h, d, zeros, members):
+    """Finalise the merge of the given members with nothing from a chain: ``merge(h[k], d[k], 0, k)``."""
+    for i in range(members.shape[0]):
+        k = members[i]
+        merge(h[k], d[k], zeros, k, params)
+
+
+@merge_kernel
+def scan_gradient_merge(merge, params, d, hext, w, code, slope, start, stop, p, delta):
+    """:func:`scan_gradient` with a compiled merge of member ``k - 1``."""
+    mul_deriv(d[start], hext[start + 1], code, slope, delta[start])
+    for k in range(start, stop - 1, -1):
+        np.dot(delta[k], w, p[k])
+        if k > 0:
+            merge(hext[k], d[k - 1], p[k], k - 1, params)
+            if k > stop:
+                mul_deriv(d[k - 1], hext[k], code, slope, delta[k - 1])
+
+
+@merge_kernel
+def scan_gradient_merge_cblas(gemm, one, zero, merge, params, d, hext, w, code, slope, start, stop, p, delta):
+    """:func:`scan_gradient_merge` with ``gemm`` for the products."""
+    mul_deriv(d[start], hext[start + 1], code, slope, delta[start])
+    for k in range(start, stop - 1, -1):
+        mm(gemm, delta[k], w, p[k], one, zero)
+        if k > 0:
+            merge(hext[k], d[k - 1], p[k], k - 1, params)
+            if k > stop:
+                mul_deriv(d[k - 1], hext[k], code, slope, delta[k - 1])
+
+
+@merge_kernel
+def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, start, stop, difference, p, tmp):
+    """:func:`scan_inverse` with a compiled merge of member ``k - 1``."""
+    for k in range(start, stop - 1, -1):
+        add_blocks(hext[k + 1], d[k], tmp)
+        pk = p[k]
+        np.dot(tmp, vt, pk)
+        inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
+        if k > 0:
+            merge(hext[k], d[k - 1], pk, k - 1, params)
+
+
+@merge_kernel
+def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf, gcode, slope, start, stop,
+                             difference, p, tmp):
+    """:func:`scan_inverse_merge` with ``gemm`` for the products."""
+    for k in range(start, stop - 1, -1):
+        add_blocks(hext[k + 1], d[k], tmp)
+        pk = p[k]
+        mm(gemm, tmp, vt, pk, one, zero)
+        inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
+        if k > 0:
+            merge(hext[k], d[k - 1], pk, k - 1, params)
