@@ -27,7 +27,8 @@ from .graph import Graph
 from .memory import MemoryEstimate
 from .merges import known_merges, register_merge
 from .models.srn import SRN, build_srn
-from .nodes import Add, CrossEntropy, Dense, IndexInput, Input, Inverse, MSE, SoftmaxOutput
+from .nodes import (Activation, Add, CrossEntropy, Dense, Elementwise, IndexInput, Input, Inverse, MSE, Multiply,
+                    Scale, SoftmaxOutput)
 from .params import ParamStore
 from .plan import compile_plan
 from .rules import CreditRule, get_rule, known_rules, register_rule
@@ -35,9 +36,10 @@ from .rules import CreditRule, get_rule, known_rules, register_rule
 __version__ = "0.1.0"
 
 __all__ = [
-    "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense", "DivergenceError",
+    "Activation", "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense",
+    "DivergenceError",
     "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "MSE", "MemoryEstimate", "MemoryLimitError",
-    "ParamStore", "SRN",
+    "Elementwise", "Multiply", "ParamStore", "SRN", "Scale",
     "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_rule", "known_merges",
     "known_rules", "register_merge", "register_rule",
 ]

@@ -22,14 +22,18 @@ from .kernels.activations import ACTIVATIONS
 from .merges import check_merge
 from .nodes import (
     KINDS,
+    Activation,
     Add,
     CrossEntropy,
     Dense,
+    Elementwise,
     IndexInput,
     Input,
     Inverse,
     MSE,
+    Multiply,
     Node,
+    Scale,
     SoftmaxOutput,
 )
 from .params import ParamStore, make_init
@@ -170,6 +174,18 @@ class Graph:
     def add_node(self, name, inputs, rules=None, **kw) -> None:
         """Declare an elementwise sum of equally sized inputs."""
         self.add(Add(name, _input_names(name, inputs), rules or (), **kw))
+
+    def multiply(self, name, inputs, rules=None, **kw) -> None:
+        """Declare an elementwise product of two or more equally sized inputs (edges: ``gradient``)."""
+        self.add(Multiply(name, _input_names(name, inputs), rules or (), **kw))
+
+    def activation(self, name, input, act="tanh", rules=None, **kw) -> None:
+        """Declare a parameter-free ``act(input)``; ``dtp``/``tp`` edges use its exact inverse where one exists."""
+        self.add(Activation(name, _input_names(name, input), rules or (), act=act, **kw))
+
+    def scale(self, name, input, factor, rules=None, **kw) -> None:
+        """Declare ``factor * input`` with a fixed non-zero ``factor`` (``-1``: a negation)."""
+        self.add(Scale(name, _input_names(name, input), rules or (), factor=factor, **kw))
 
     def cross_entropy(self, name, logits, labels, reduction="mean", rule="gradient", alpha=None) -> None:
         """Declare a cross-entropy loss of ``softmax(logits)`` against integer ``labels``."""
@@ -363,7 +379,7 @@ class Graph:
         n = self.node(name)
         seen = {}
         size = None
-        while isinstance(n, Add) and n.inputs and name not in seen:  # an add is as wide as its inputs
+        while isinstance(n, (Add, Elementwise)) and n.inputs and name not in seen:  # as wide as its inputs
             seen[name] = True
             name = n.inputs[0]
             if memo is not None and name in memo:
@@ -419,6 +435,8 @@ class Graph:
             if len(set(sizes)) > 1:
                 detail = ", ".join(f"{u!r}: ({s},)" for u, s in zip(n.inputs, sizes))
                 raise GraphError(f"add node {n.name!r}: shape mismatch between its inputs: {detail}")
+        elif isinstance(n, Elementwise):
+            self._validate_elementwise(n, sizes)
         elif isinstance(n, CrossEntropy):
             pred, lab = n.inputs
             if not isinstance(self.node(pred), SoftmaxOutput):
@@ -443,6 +461,28 @@ class Graph:
         merge = getattr(n, "merge", None)
         if merge is not None:
             check_merge(merge, f"node {n.name!r}")
+
+    def _validate_elementwise(self, n: Elementwise, sizes: list) -> None:
+        """Inputs real-valued and of one width; each edge's rule one the kind can honour."""
+        for u in n.inputs:
+            if self.node(u).is_loss:
+                raise GraphError(f"edge {u!r} -> {n.name!r}: a loss cannot feed another node")
+            if isinstance(self.node(u), IndexInput):
+                raise GraphError(f"{n.kind} node {n.name!r}: input {u!r} is integer data; {n.kind} takes "
+                                 f"real-valued inputs (feed the tokens through a dense node)")
+        for u, r in zip(n.inputs, n.rules):
+            rule = get_rule(r)
+            if rule.needs_weights or rule.needs_feedback:
+                raise GraphError(f"edge {u!r} -> {n.name!r} has credit rule {r!r}, which needs "
+                                 f"{rule.requirement()}, but {n.kind} node {n.name!r} has no weights; use "
+                                 f"'gradient' (its local Jacobian is diagonal)")
+            if rule.needs_inverse and not n.has_inverse():
+                raise GraphError(f"edge {u!r} -> {n.name!r} has credit rule {r!r}, which needs an inverse, but "
+                                 f"{n.kind} node {n.name!r} has {n.no_inverse_reason()}; use rule 'gradient'")
+        if len(set(sizes)) > 1:
+            detail = ", ".join(f"{u!r}: ({s},)" for u, s in zip(n.inputs, sizes))
+            raise GraphError(f"{n.kind} node {n.name!r}: shape mismatch between its inputs: {detail}")
+        n.size = sizes[0]
 
     def param_shapes(self) -> dict[str, tuple]:
         """Shapes of all parameter groups; a group used with two shapes is an error."""

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import GraphError
 from .kernels import dense as kd
+from .kernels import elementwise as ke
 from .kernels import losses as kl
 from .kernels.activations import bias_activate, add_bias_activate, mul_deriv
+from .plan import act_code
 
 
 class DataRunner:
@@ -235,6 +238,97 @@ class AddRunner(DataRunner):
                 eng.deliver(st, slot, sb)
 
 
+class ElementwiseRunner(DataRunner):
+    """Parameter-free elementwise kinds: forward, and per credit edge its local JVP or exact inverse.
+
+    A subclass writes :meth:`compute` (the values ``h`` from the inputs'
+    forward values ``sb.x2``), :meth:`jvp` (``P = J_u^T D``, the ``gradient``
+    rule and any rule that needs neither weights nor an inverse) and, for
+    kinds with an exact inverse, :meth:`inverse` (``dtp``: ``P = g(h + D) -
+    g(h)``; ``tp``: ``P = g(h + D) - h_u``). The graph has already refused
+    rules a kind cannot honour.
+    """
+
+    def forward(self, eng, st, b):
+        for slot, sb in zip(st.slots, b.slots):
+            _slot_input(eng, st, b, slot, sb)
+        self.compute(eng, st, b)
+
+    def propose(self, eng, st, b):
+        eng.finalize_merge(st, b, range(st.m))
+        for slot, sb in zip(st.slots, b.slots):
+            if not slot.propose:
+                continue
+            if slot.credit.needs_inverse:
+                self.inverse(eng, st, b, slot, sb, getattr(slot.credit, "difference", True))
+            else:
+                self.jvp(eng, st, b, slot, sb)
+            eng.deliver(st, slot, sb)
+
+    def compute(self, eng, st, b):
+        raise NotImplementedError
+
+    def jvp(self, eng, st, b, slot, sb):
+        raise NotImplementedError
+
+    def inverse(self, eng, st, b, slot, sb, difference):
+        raise GraphError(f"{st.kind} node {st.members[0]!r} has no inverse")  # refused by validation first
+
+
+class MultiplyRunner(ElementwiseRunner):
+    """``h = prod_i x_i``; ``P_i = D * prod_{j != i} x_j``; no inverse."""
+
+    def compute(self, eng, st, b):
+        x = [sb.x2 for sb in b.slots]
+        ke.mul_blocks(x[0], x[1], b.h2)
+        for xi in x[2:]:
+            ke.mul_blocks(b.h2, xi, b.h2)
+
+    def jvp(self, eng, st, b, slot, sb):
+        src = b.d2
+        for j, other in enumerate(b.slots):
+            if j != slot.index:
+                ke.mul_blocks(src, other.x2, sb.p2)
+                src = sb.p2
+
+
+class ActivationRunner(ElementwiseRunner):
+    """``h = act(x)``; ``P = act'(x) * D`` (through the output); exact inverse for invertible activations."""
+
+    def compute(self, eng, st, b):
+        node = st.node
+        code = act_code(node.act, eng.graph.dtype, eng.fast_tanh)
+        bias_activate(b.slots[0].x2, b.zero_bias, code, node.slope, b.h2)
+
+    def jvp(self, eng, st, b, slot, sb):
+        node = st.node
+        mul_deriv(b.d2, b.h2, act_code(node.act, eng.graph.dtype, eng.fast_tanh), node.slope, sb.p2)
+
+    def inverse(self, eng, st, b, slot, sb, difference):
+        node = st.node
+        code = act_code(node.act, eng.graph.dtype, eng.fast_tanh)
+        ke.act_inverse_displacement(b.h2, b.d2, sb.x2, difference, code, node.slope, node.clip, sb.p2)
+
+
+class ScaleRunner(ElementwiseRunner):
+    """``h = c x``; ``P = c D``; exact inverse ``x = h / c`` (dtp: ``P = D / c``)."""
+
+    def compute(self, eng, st, b):
+        ke.scale_block(b.slots[0].x2, b.h2.dtype.type(st.node.factor), b.h2)
+
+    def jvp(self, eng, st, b, slot, sb):
+        ke.scale_block(b.d2, b.h2.dtype.type(st.node.factor), sb.p2)
+
+    def inverse(self, eng, st, b, slot, sb, difference):
+        inv = b.h2.dtype.type(1.0 / st.node.factor)
+        if difference:
+            ke.scale_block(b.d2, inv, sb.p2)
+        else:  # g(h + D) - x
+            np.add(b.h2, b.d2, out=sb.p2)
+            ke.scale_block(sb.p2, inv, sb.p2)
+            sb.p2 -= sb.x2
+
+
 class LossRunner(DataRunner):
     """Losses: value in forward, and the proposal ``-alpha dL/dh`` for the prediction."""
 
@@ -263,6 +357,9 @@ RUNNERS = {
     "dense": DenseRunner(),
     "softmax_output": DenseRunner(),
     "add": AddRunner(),
+    "multiply": MultiplyRunner(),
+    "activation": ActivationRunner(),
+    "scale": ScaleRunner(),
     "cross_entropy": LossRunner(),
     "mse": LossRunner(),
 }

@@ -270,6 +270,130 @@ class Add(Node):
 
 
 @dataclass(repr=False)
+class Elementwise(Node):
+    """Base of the parameter-free elementwise kinds (:class:`Multiply`, :class:`Activation`, :class:`Scale`).
+
+    A node of these kinds is as wide as its inputs (all of one width) and has
+    no parameters, so it needs a target only to pass credit on. Its local
+    Jacobian is diagonal: ``gradient`` edges propose ``h_u + J_u^T D`` with a
+    hand-written elementwise product. ``dtp``/``tp`` edges need an inverse;
+    these kinds have no learned inverse, only an exact one where the function
+    is invertible (:meth:`has_inverse`), and the graph refuses the edge
+    otherwise. ``merge`` overrides the graph's merge strategy for the node.
+    """
+
+    merge: str | None = None
+    size: int = 0  # set from the inputs when the graph is validated
+    #: The fewest and the most inputs the kind takes (None: any number).
+    min_inputs = 1
+    max_inputs = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        k = len(self.inputs)
+        if k < self.min_inputs or (self.max_inputs is not None and k > self.max_inputs):
+            want = (f"exactly {self.min_inputs}" if self.min_inputs == self.max_inputs
+                    else f"at least {self.min_inputs}")
+            raise GraphError(f"{self.kind} node {self.name!r} needs {want} input(s), got {list(self.inputs)}")
+
+    def has_inverse(self) -> bool:
+        """Whether the kind's function has an exact inverse (so that ``dtp``/``tp`` edges may ask for it)."""
+        return False
+
+    def no_inverse_reason(self) -> str:
+        """Why there is no inverse, in words, for error messages."""
+        return "no inverse"
+
+    def settings(self):
+        return {"merge": self.merge} if self.merge else {}
+
+
+@dataclass(repr=False)
+class Multiply(Elementwise):
+    """Elementwise product ``h = x_0 * x_1 * ... * x_{k-1}`` of two or more inputs of equal size.
+
+    Its local Jacobian-vector product for input ``i`` is the product of the
+    other inputs times the displacement: ``P_i = D * prod_{j != i} x_j``. It
+    has no inverse in general (recovering one factor divides by the others,
+    which may be 0), so its edges take ``gradient`` or ``none``.
+    """
+
+    kind = "multiply"
+    min_inputs = 2
+    max_inputs = None
+
+    def no_inverse_reason(self):
+        return "no inverse (recovering one factor of a product divides by the others)"
+
+
+@dataclass(repr=False)
+class Activation(Elementwise):
+    """A parameter-free activation ``h = act(x)`` of one input (``tanh``, ``sigmoid``, ``relu``, ...).
+
+    Its local Jacobian-vector product is ``P = act'(x) * D`` (the derivative
+    through the output, as for dense nodes). ``identity``, ``tanh``,
+    ``sigmoid`` and ``leaky_relu`` (slope != 0) have exact inverses
+    (``atanh``, ``logit``, ...; the output clipped to ``clip`` inside the
+    open range of ``tanh`` and ``sigmoid``), which ``dtp`` edges use:
+    ``tau = h_u + g(h_hat) - g(h)``; ``tp``: ``tau = g(h_hat)``. ``relu``
+    has none.
+    """
+
+    act: str = "tanh"
+    slope: float = 0.01
+    clip: float = 1e-6
+    kind = "activation"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_act(self.act, self.name)
+        _check_number(self.slope, self.name, "slope (of leaky_relu)")
+        _check_number(self.clip, self.name, "clip (of the inverse of tanh and sigmoid)", positive=True)
+        if self.clip >= 0.5:
+            raise GraphError(f"node {self.name!r}: clip must be below 0.5, got {self.clip!r}")
+
+    def has_inverse(self):
+        return self.act in ("identity", "tanh", "sigmoid") or (self.act == "leaky_relu" and self.slope != 0)
+
+    def no_inverse_reason(self):
+        if self.act == "leaky_relu":
+            return "no inverse (a leaky_relu of slope 0 maps every negative input to 0)"
+        return f"no inverse (act {self.act!r} is not one-to-one)"
+
+    def settings(self):
+        s = {"act": self.act, "slope": self.slope, "clip": self.clip}
+        s.update(super().settings())
+        return s
+
+
+@dataclass(repr=False)
+class Scale(Elementwise):
+    """``h = factor * x``: one input times a fixed, non-zero number (e.g. ``-1`` for a difference).
+
+    Its local Jacobian-vector product is ``P = factor * D`` and its exact
+    inverse ``x = h / factor``, so ``dtp`` and ``tp`` edges are allowed.
+    """
+
+    factor: float = 1.0
+    kind = "scale"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_number(self.factor, self.name, "factor")
+        if self.factor == 0:
+            raise GraphError(f"scale node {self.name!r}: factor must not be 0 (it would carry no credit)")
+        self.factor = float(self.factor)
+
+    def has_inverse(self):
+        return True
+
+    def settings(self):
+        s = {"factor": self.factor}
+        s.update(super().settings())
+        return s
+
+
+@dataclass(repr=False)
 class Loss(Node):
     """Base of losses: input 0 is the prediction, input 1 what it is compared against.
 
@@ -332,5 +456,5 @@ class MSE(Loss):
 #: Node kinds by name, for declarations read from networkx attributes.
 KINDS = {
     cls.kind: cls
-    for cls in (Input, IndexInput, Dense, SoftmaxOutput, Add, CrossEntropy, MSE)
+    for cls in (Input, IndexInput, Dense, SoftmaxOutput, Add, Multiply, Activation, Scale, CrossEntropy, MSE)
 }
