@@ -5,6 +5,9 @@
     python benchmarks/bench.py --out PATH # JSON path (default benchmarks/latest.json)
     python benchmarks/bench.py --markdown PATH  # also write the report, with a
                                           # header (command, machine, versions, BLAS)
+    python benchmarks/bench.py --long     # long sequences instead (a few minutes): compile
+                                          # time at L 1000..10000, ms per batch and peak
+                                          # memory at L 1000 and 4000, against the goals
 
 The paper's SRN (B=20, one-hot inputs of 10, softmax outputs of 10, float32),
 one full training step (forward + credit assignment + Adam update) per call.
@@ -428,6 +431,184 @@ def ratio(a, b):
     return None if a is None or b is None else a / b
 
 
+# ----------------------------------------------------------------------------
+# Long sequences (--long)
+# ----------------------------------------------------------------------------
+#: Goals of the long-sequence entries (issue 10).
+LONG_GOALS = {"compile_L10000_s": 5.0, "compile_L8000_over_L2000": 4.5}
+COMPILE_LENGTHS = (1000, 2000, 4000, 8000, 10000)
+STEP_LENGTHS = (1000, 4000)
+
+# Builds the engine of one length in a fresh process: time, nodes, stacks, peak RSS. Prints one JSON line.
+COMPILE_CHILD = r"""
+import json, time
+import numpy as np
+from tpgraph.models.srn import SRN
+m = SRN(n_in=10, n_hidden=128, n_out=10, method="{method}", dtype=np.float32, seed=0)
+m.engine(3)  # imports and the small engine that holds the shared state: not part of the compile
+hwm0 = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")][0]
+t = time.perf_counter()
+eng = m.engine({L})
+dt = time.perf_counter() - t
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps(dict(compile_s=dt, nodes=len(eng.plan.where), stacks=len(eng.plan.stacks),
+                      peak_rss_growth_mb=(hwm - hwm0) / 1024,
+                      structure_estimate_mb=m.estimate_memory({L}).structure / 2**20)))
+"""
+
+# Peak memory of training steps at one length in a fresh process, against the engine's own estimate.
+STEP_MEMORY_CHILD = r"""
+import json, resource, time
+t0 = time.perf_counter()
+import numpy as np
+from tpgraph.models.srn import SRN
+base = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")][0]
+m = SRN(n_in=10, n_hidden=128, n_out=10, method="{method}", dtype=np.float32, seed=0)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 10, ({L}, 20)); y = rng.integers(0, 10, ({L}, 20))
+loss = m.train_step(x, y)
+first = time.perf_counter() - t0
+for _ in range(4):
+    loss = m.train_step(x, y)
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+est = m.estimate_memory({L}, 20)
+print(json.dumps(dict(first_step_s=first, peak_rss_mb=hwm / 1024, peak_rss_growth_mb=(hwm - base) / 1024,
+                      estimate_mb=est.total / 2**20, estimate_buffers_mb=sum(est.buffers.values()) / 2**20,
+                      loss=float(loss))))
+"""
+
+
+def run_long(args, command):
+    """Compile time and per-batch time and memory of long sequences, against :data:`LONG_GOALS`."""
+    import numba
+
+    t_start = time.perf_counter()
+    repeats = args.repeats or 3
+    log(f"[bench] long sequences: compile at L={list(COMPILE_LENGTHS)} (fresh processes, {repeats} repeats), "
+        f"steps at L={list(STEP_LENGTHS)}, H=128, B={B}")
+    compile_runs = {m_: {L: [] for L in COMPILE_LENGTHS} for m_ in ("tp", "bptt")}
+    for r in range(repeats):  # interleaved: every length in every round
+        for method in ("tp", "bptt"):
+            for L in COMPILE_LENGTHS:
+                out = run_child(COMPILE_CHILD.format(method=method, L=L))
+                compile_runs[method][L].append(out)
+                log(f"[bench]   compile {method} L={L}: {out.get('compile_s', out.get('error'))}")
+    compile_s = {m_: {str(L): float(np.median([o["compile_s"] for o in runs]))
+                      for L, runs in by_len.items() if all("compile_s" in o for o in runs)}
+                 for m_, by_len in compile_runs.items()}
+    compile_min_s = {m_: {str(L): float(min(o["compile_s"] for o in runs))
+                          for L, runs in by_len.items() if all("compile_s" in o for o in runs)}
+                     for m_, by_len in compile_runs.items()}
+
+    steps, keys = {}, {}
+    for L in STEP_LENGTHS:
+        rng = np.random.default_rng(L)
+        x = rng.integers(0, N_IN, (L, B)).astype(np.int64)
+        y = rng.integers(0, N_OUT, (L, B)).astype(np.int64)
+        for method in ("tp", "bptt"):
+            f = make_engine_step(method, 128)
+            f(x, y)  # compile outside the timing
+            steps[f"engine_{method}_L{L}"] = (lambda f=f, x=x, y=y: f(x, y))
+    gc.collect()
+    log(f"[bench] steps: {', '.join(steps)} (interleaved) ...")
+    samples, n_inner, _ = time_interleaved(steps, max(7, 2 * repeats + 1), 0.2, 1)
+    step_ms = {k: float(np.median(v)) for k, v in samples.items()}
+    step_min_ms = {k: float(np.min(v)) for k, v in samples.items()}
+    memory = {}
+    for method in ("tp", "bptt"):
+        for L in (*STEP_LENGTHS, 1020):
+            memory[f"{method}_L{L}"] = run_child(STEP_MEMORY_CHILD.format(method=method, L=L), launcher=True)
+            log(f"[bench]   memory {method} L={L}: {memory[f'{method}_L{L}']}")
+
+    def over(d, a, b):
+        return ratio(d.get(a), d.get(b))
+
+    result = {
+        "mode": "long",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": {"B": B, "n_in": N_IN, "n_out": N_OUT, "H": 128, "dtype": "float32", "repeats": repeats,
+                   "compile_lengths": list(COMPILE_LENGTHS), "step_lengths": list(STEP_LENGTHS),
+                   "torch_threads": None},
+        "goals": LONG_GOALS,
+        "compile_s_median": compile_s, "compile_s_min": compile_min_s,
+        "compile_runs": {m_: {str(L): v for L, v in d.items()} for m_, d in compile_runs.items()},
+        "compile_ratios": {m_: {"L8000_over_L2000": over(compile_s[m_], "8000", "2000"),
+                                "L8000_over_L2000_min": over(compile_min_s[m_], "8000", "2000"),
+                                "L10000_over_L1000": over(compile_s[m_], "10000", "1000")}
+                           for m_ in ("tp", "bptt")},
+        "step_ms_median": step_ms, "step_ms_min": step_min_ms, "steps_per_sample": n_inner,
+        "step_ratios": {m_: {"L4000_over_L1000": over(step_ms, f"engine_{m_}_L4000", f"engine_{m_}_L1000"),
+                             "L4000_over_L1000_min": over(step_min_ms, f"engine_{m_}_L4000",
+                                                          f"engine_{m_}_L1000")}
+                        for m_ in ("tp", "bptt")},
+        "memory": memory,
+        "machine": cpu_info(), "blas": blas_info(),
+        "versions": {"numpy": np.__version__, "numba": numba.__version__, "python": platform.python_version()},
+        "env_found": ENV_FOUND,
+        "env_set": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                               "NUMBA_NUM_THREADS")},
+        "engine_blas": {}, "fused_variants": {},
+    }
+    result["bench_wall_s"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=float))
+    text = report_long(result)
+    print(text)
+    log(f"[bench] wrote {out} ({result['bench_wall_s']:.0f} s)")
+    if args.markdown:
+        md = Path(args.markdown)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+        md.write_text(markdown_header(result, command, shown) + "\n" + text + "\n")
+        log(f"[bench] wrote {md}")
+    return result
+
+
+def report_long(r):
+    """The Markdown report of a ``--long`` run."""
+    g, cs, cm = r["goals"], r["compile_s_median"], r["compile_s_min"]
+    lines = [f"## Long sequences: H=128, B={r['config']['B']}, float32, 1 thread; {r['date']}", "",
+             "### Building the engine (declare + validate + compile), seconds, fresh process per build",
+             "", "median of " + str(r["config"]["repeats"]) + " (fastest in parentheses)", "",
+             "| method | " + " | ".join(f"L={L}" for L in r["config"]["compile_lengths"])
+             + " | L8000 / L2000 | at L=10000: nodes, peak RSS growth / structure estimate (MB) |",
+             "|---|" + "---|" * (len(r["config"]["compile_lengths"]) + 2)]
+    for m_ in ("tp", "bptt"):
+        runs = r["compile_runs"][m_].get("10000", [{}])
+        rat = r["compile_ratios"][m_]
+        lines.append(f"| {m_.upper()} | " + " | ".join(
+            f"{_f(cs[m_].get(str(L)), '{:.2f}')} ({_f(cm[m_].get(str(L)), '{:.2f}')})"
+            for L in r["config"]["compile_lengths"])
+            + f" | {_f(rat['L8000_over_L2000'], '{:.2f}')} ({_f(rat['L8000_over_L2000_min'], '{:.2f}')}) | "
+            + f"{runs[0].get('nodes', '—')}, {_f(runs[0].get('peak_rss_growth_mb'), '{:.0f}')} / "
+            + f"{_f(runs[0].get('structure_estimate_mb'), '{:.0f}')} |")
+    lines += ["", f"Goals: L=10000 in under {g['compile_L10000_s']:.0f} s; L8000 / L2000 at most "
+              f"{g['compile_L8000_over_L2000']} (linear: 4.0).", "",
+              "### One training step (forward + credit + Adam), ms per batch, interleaved", "",
+              "| method | L=1000 | L=4000 | L4000 / L1000 (linear: 4.0) | ms per step of the sequence, L=1000 / 4000 |",
+              "|---|---|---|---|---|"]
+    sm, smin = r["step_ms_median"], r["step_ms_min"]
+    for m_ in ("tp", "bptt"):
+        a, b = sm.get(f"engine_{m_}_L1000"), sm.get(f"engine_{m_}_L4000")
+        rat = r["step_ratios"][m_]
+        lines.append(f"| {m_.upper()} | {_f(a, '{:.1f}')} | {_f(b, '{:.1f}')} | "
+                     f"{_f(rat['L4000_over_L1000'], '{:.2f}')} (fastest samples "
+                     f"{_f(rat['L4000_over_L1000_min'], '{:.2f}')}) | "
+                     f"{_f(a and a / 1000, '{:.4f}')} / {_f(b and b / 4000, '{:.4f}')} |")
+    lines += ["", "### Peak memory, fresh process: import, build, 5 training steps (MB)", "",
+              "| method, length | peak RSS | growth over the imports | the engine's estimate (buffers) "
+              "| first step, s (process start to end of step 1) |", "|---|---|---|---|---|"]
+    for k, v in r["memory"].items():
+        if "error" in v:
+            lines.append(f"| {k} | error: {v['error']} | | | |")
+            continue
+        lines.append(f"| {k.replace('_', ', L=').replace('L=L', 'L=')} | {v['peak_rss_mb']:.0f} | "
+                     f"{v['peak_rss_growth_mb']:.0f} | {v['estimate_mb']:.0f} ({v['estimate_buffers_mb']:.0f}) | "
+                     f"{v['first_step_s']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="L 45 and 100, H 128 only (about a minute)")
@@ -437,9 +618,16 @@ def main(argv=None):
     ap.add_argument("--markdown", metavar="PATH", default=None,
                     help="also write the Markdown report to PATH, with a header (command, date, machine, "
                          "versions, OpenBLAS environment and kernels), ready for docs/performance.md")
+    ap.add_argument("--long", action="store_true",
+                    help="long sequences instead: compile time at L 1000..10000, ms per batch and peak memory at "
+                         "L 1000 and 4000, against the goals (a few minutes)")
     args = ap.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (sys.argv[1:] if argv is None
                                                                                else list(argv))))
+    if args.long:
+        if args.out == str(HERE / "latest.json"):
+            args.out = str(HERE / "latest_long.json")
+        return run_long(args, command)
 
     quick = args.quick
     lengths = [45, 100] if quick else [35, 45, 100, 200]
@@ -838,9 +1026,10 @@ def markdown_header(r, command, json_path):
         + (", torch threads 1" if r["config"].get("torch_threads") else ""),
         "* BLAS kernels in use (`openblas_get_corename`):" + ("" if blas_lines else " not found"),
         *blas_lines,
-        f"* Engine products: {', '.join(eng) if eng else 'engine not measured'}; fused reference: "
-        + ", ".join(f"{k} = {d}" for k, d in r["fused_variants"].items())
-        + "; engine/fused ratios are against the faster fused variant at each shape",
+        *([f"* Engine products: {', '.join(eng) if eng else 'engine not measured'}; fused reference: "
+           + ", ".join(f"{k} = {d}" for k, d in r["fused_variants"].items())
+           + "; engine/fused ratios are against the faster fused variant at each shape"]
+          if r["fused_variants"] else []),
         "",
     ]
     return "\n".join(lines)
