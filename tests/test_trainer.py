@@ -355,3 +355,13 @@ def test_grouped_validation_keeps_trailing_axes():
     g = _group_batches(x)
     assert g.shape == (1, 3, 20, 2)
     np.testing.assert_array_equal(g[0][:, 5:10], x[1])
+
+
+def test_solved_compares_the_best_accuracy_with_the_tasks_threshold():
+    sets = ["task.name=temporal_order", "task.length=10", "protocol.n_batches=30", "protocol.warmup=10"]
+    easy = Trainer(_config(*sets, "task.success_acc=0.05")).run()   # chance (25%) is enough
+    hard = Trainer(_config(*sets, "task.success_acc=1.0")).run()
+    assert easy["success_acc"] == 0.05 and easy["solved"] is True
+    assert hard["solved"] is (hard["best"]["seq_acc"] >= 1.0)
+    plain = Trainer(_config("protocol.n_batches=30", "protocol.warmup=10")).run()
+    assert plain["success_acc"] is None and plain["solved"] is None   # copy memory has no threshold
