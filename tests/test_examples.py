@@ -106,3 +106,46 @@ def test_long_range_srn_tp_and_bptt_learn_below_the_baseline(task):
     for method, history in out.items():
         assert history[-1]["loss"] < 0.5 * history[0]["loss"], (method, history)
         assert history[-1]["loss"] < 0.7 * baseline, (method, history)
+
+
+# ---------------------------------------------------------------------- the gated recurrent cell
+def test_gru_copy_memory_tp_and_bptt_lower_the_loss():
+    mod = load("gru_copy_memory")
+    out = mod.main(delay=2, n_memorise=3, batches=300, n_hidden=16, warmup=50, every=150, val_batches=2,
+                   quiet=True)
+    assert out["tp"][0]["loss"] == out["bptt"][0]["loss"]  # the same initialisation and validation set
+    for method, history in out.items():
+        assert len(history) == 3, method
+        assert history[-1]["loss"] < 0.6 * history[0]["loss"], (method, history)
+
+
+def test_gru_graph_uses_dtp_on_dense_edges_and_gradient_on_products():
+    import numpy as np
+
+    import tpgraph as tp
+
+    mod = load("gru_copy_memory")
+    g = mod.build_gru(3, 4, 5, 4, method="tp", dtype="float64")
+    assert g.node("z_2").rules == ("none", "dtp") and sorted(g.node("z_2").inverses) == ["h_1"]
+    assert g.node("c_2").rules == ("none", "dtp") and sorted(g.node("c_2").inverses) == ["rh_2"]
+    assert g.node("u_2").kind == "multiply" and g.node("u_2").rules == ("gradient", "gradient")
+    assert g.node("nh_2").kind == "scale" and g.node("nh_2").factor == -1.0
+    # h_t = (1 - z_t) h_{t-1} + z_t c_t
+    eng = tp.Engine(g, alpha=1.0, seed=0)
+    rng = np.random.default_rng(0)
+    h0 = rng.normal(0, 0.5, (1, 2, 5))
+    eng.forward({("h_0",): h0, ("x_1", "x_2", "x_3"): rng.integers(0, 4, (3, 2)),
+                 ("l_1", "l_2", "l_3"): rng.integers(0, 4, (3, 2))})
+    z, c = eng.value("z_1"), eng.value("c_1")
+    np.testing.assert_allclose(eng.value("h_1"), (1 - z) * h0[0] + z * c, rtol=1e-12, atol=1e-14)
+    # its backpropagation baseline has the same forward groups and matches finite differences
+    bp = mod.build_gru(3, 4, 5, 4, method="bptt", dtype="float64")
+    forward = sorted(k for k in g.param_shapes() if not k.startswith(("V_", "c_")))
+    assert sorted(bp.param_shapes()) == forward
+    from test_backprop import assert_gradients_match
+
+    eng = tp.Engine(bp, alpha=0.7, seed=1)
+    for k in forward:
+        eng.params[k] = eng.params[k] + rng.normal(0, 0.3, eng.params[k].shape)
+    assert_gradients_match(eng, {("h_0",): h0, ("x_1", "x_2", "x_3"): rng.integers(0, 4, (3, 2)),
+                                 ("l_1", "l_2", "l_3"): rng.integers(0, 4, (3, 2))}, 0.7, forward)

@@ -365,3 +365,13 @@ def test_replicated_gated_branches_stack_and_equal_the_unstacked_plan(rule):
 def test_gated_recurrence_stacked_equals_unstacked():
     g = gated_recurrence(L=5)
     assert_same_results(g, random_batch(g, 3, seed=2), randomise=0.5)
+
+
+@pytest.mark.parametrize("stacking", [True, False])
+def test_buffer_bytes_counts_what_the_new_kinds_allocate(stacking):
+    from tpgraph.buffers import Buffers, buffer_bytes
+
+    for g in (replicated_gated(rule="dtp"), gated_recurrence(L=3)):
+        plan = tp.compile_plan(g, stacking=stacking)
+        for B in (1, 4):
+            assert buffer_bytes(plan, B, g.dtype) == Buffers(plan, B, g.dtype).nbytes
