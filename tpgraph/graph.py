@@ -377,6 +377,8 @@ class Graph:
         if memo is not None and name in memo:
             return memo[name]
         n = self.node(name)
+        if not isinstance(n, (Add, Elementwise)):  # the common case: a node of its own size
+            return n.size
         seen = {}
         size = None
         while isinstance(n, (Add, Elementwise)) and n.inputs and name not in seen:  # as wide as its inputs

@@ -28,6 +28,8 @@ touches networkx.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -216,6 +218,30 @@ def compile_plan(graph: Graph, stacking: bool = True, progress=None) -> Plan:
     from ``done=0`` before the first. Every phase is linear in the nodes and
     edges of the graph.
     """
+    with paused_gc():
+        return _compile_plan(graph, stacking, progress)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """Pause Python's cyclic garbage collector while large structures are built (nested uses are fine).
+
+    Declaring and compiling a graph allocate some ten objects per node and free
+    few, so the collector's full passes find nothing and cost more the larger
+    the graph: at L=8000 a fifth of the SRN's build time, ten times its share
+    at L=2000 (CPU time, measured). Reference counting still frees everything
+    at once; reference cycles made meanwhile are collected when it resumes.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
     report = progress or (lambda stage, done, total: None)
     report("compiling", 0, 4)
     order = graph.validate()
