@@ -257,3 +257,21 @@ def test_resume_takes_display_options(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     assert main(["train", "--resume", str(root), "--batches", "80"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, words", [
+    (["--set", "task.name=adding", "--set", "task.length=12"], ["memoryless baseline: 0.0417"]),
+    (["--set", "task.name=temporal_order", "--set", "task.length=12", "--set", "task.bits=3"],
+     ["memoryless baseline: 2.0794"]),
+])
+def test_the_long_range_tasks_train_from_the_command_line(task, words, tmp_path):
+    r = tpgraph("train", *task, "--hidden", "12", "--val-batches", "3", "--set", "protocol.warmup=20",
+                "--batches", "60", "--val-every", "30", "--runs-dir", tmp_path, "--name", "run", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    for w in words:
+        assert w in r.stdout, (w, r.stdout)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["task"]["name"] == task[1].split("=")[1]
+    assert summary["solved"] in (True, False) and summary["success_acc"] == 0.99
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert "length = 12" in config and "delay" not in config
