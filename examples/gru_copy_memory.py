@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import tpgraph as tp
+from tpgraph.alignment import alignment, reference_engine
 from tpgraph.tasks import make_task
 
 #: The cell's forward parameter groups (input, recurrent and bias of each dense node) and the output layer.
@@ -120,14 +121,17 @@ def evaluate(eng: tp.Engine, task, xv, yv, h0) -> dict:
 def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: int = 64, batch_size: int = 20,
          warmup: int = 200, every: int = 500, alpha: float = 1.0, lr_f: float = 1e-3, lr_g: float = 1e-3,
          lr_y: float = 3e-3, seed: int = 0, val_batches: int = 10, methods: tuple[str, ...] = ("tp", "bptt"),
-         quiet: bool = False) -> dict[str, list[dict]]:
+         angles: bool = False, quiet: bool = False) -> dict[str, list[dict]]:
     """Train the GRU on copy memory with each method; per method, the validation results at each report.
 
     Each result is ``{"batch", "loss", "acc", "seconds"}`` (mean per-step
     cross-entropy on a fixed validation set, the fraction of whole sequences
     right, wall time since the method started). Batch 0 is the shared
     initialisation. TP trains its inverses alone for the first ``warmup``
-    batches (the paper's inverse-only warm-up).
+    batches (the paper's inverse-only warm-up). With ``angles``, TP's reports
+    also hold ``"angles"``: per forward group, the angle in degrees between
+    its local update and the BPTT gradient on the first validation batch
+    (:mod:`tpgraph.alignment`; 0 would be backpropagation's direction).
     """
     task = make_task("copy_memory", delay=delay, n_memorise=n_memorise)
     L = task.length
@@ -143,6 +147,7 @@ def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: in
         eng = make_engine(graph, params, alpha=alpha if method == "tp" else 1.0, lr_f=lr_f, lr_g=lr_g,
                           lr_y=lr_y, seed=seed)
         rng = np.random.default_rng(seed)  # the same batches for every method
+        reference = reference_engine(eng) if angles and method == "tp" else None
         history = []
         t0 = time.perf_counter()
         for b in range(batches + 1):
@@ -153,6 +158,9 @@ def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: in
                 ev = evaluate(eng, task, xv, yv, h0)
                 history.append({"batch": b, "loss": ev["loss"], "acc": ev["seq_acc"],
                                 "seconds": time.perf_counter() - t0})
+                if reference is not None:
+                    al = alignment(eng, _batch(task, L, xv[0], yv[0], h0), reference)
+                    history[-1]["angles"] = dict(al.groups)
                 if not quiet:
                     print(f"[{method}] copy memory T={delay} batch {b:5d}  validation loss {ev['loss']:.5f} "
                           f"(baseline {task.baseline_loss:.4f})  sequences right {ev['seq_acc']:.3f}  "
