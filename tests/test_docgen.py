@@ -152,6 +152,12 @@ def test_signatures():
 
     assert docgen.format_signature(f, "f") == "f(a, b: int = 2, /, c=3, *, d: list[str] = (), **kw) -> None"
     assert docgen.format_signature(len, "len") == "len(obj, /)"
+
+    def g(kinds=frozenset({"b", "a", "c"}), hook=f):
+        pass
+
+    assert docgen.format_signature(g, "g") == "g(kinds=frozenset({'a', 'b', 'c'}), hook=<function " \
+        "test_signatures.<locals>.f>)"  # the same text in every process: sorted sets, no addresses
     assert docgen.anchor("tpgraph.train.Trainer") == "tpgraphtraintrainer"
     assert docgen.anchor("tpgraph sweep") == "tpgraph-sweep"
 

@@ -160,6 +160,16 @@ def _clean(text: str) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
+def _repr(value) -> str:
+    """``repr`` without object addresses, sets in sorted order (their order changes with the hash seed)."""
+    if isinstance(value, (set, frozenset)):
+        if not value:
+            return f"{type(value).__name__}()"
+        items = ", ".join(sorted(_repr(v) for v in value))
+        return f"{{{items}}}" if isinstance(value, set) else f"{type(value).__name__}({{{items}}})"
+    return _clean(repr(value))
+
+
 def _annotation(a, module: str | None = None) -> str:
     if isinstance(a, str):
         return a[1:-1] if len(a) > 1 and a[0] == a[-1] and a[0] in "'\"" else a  # "'Graph'" (a quoted forward ref)
@@ -197,7 +207,7 @@ def format_signature(obj, name: str, drop_first: bool = False) -> str | None:
         if p.annotation is not p.empty:
             text += f": {_annotation(p.annotation, module)}"
         if p.default is not p.empty:
-            text += (" = " if p.annotation is not p.empty else "=") + repr(p.default)
+            text += (" = " if p.annotation is not p.empty else "=") + _repr(p.default)
         parts.append(text)
     if slash_pending:
         parts.append("/")
@@ -254,7 +264,7 @@ def _constant_source(namespace: types.ModuleType, name: str) -> tuple[str, str]:
 
 
 def _value_summary(value) -> str:
-    text = _clean(repr(value))
+    text = _repr(value)
     if len(text) <= 160:
         return f"`{text}`"
     if isinstance(value, dict):
@@ -337,7 +347,7 @@ def _entry(namespace: types.ModuleType, name: str, obj, heading: str) -> list[st
 
 
 def documented_names(text: str) -> set[str]:
-    """The qualified names ``ns.name`` that an api.md text documents or links (``#### `ns.name` ``)."""
+    """The qualified names ``ns.name`` that an api.md text documents (a ``####`` heading) or links to another's."""
     found = set(re.findall(r"^#### `([\w.]+)`", text, re.M))
     found |= set(re.findall(r"^- `([\w.]+)`: see \[", text, re.M))
     return found
