@@ -112,11 +112,16 @@ def test_long_range_srn_tp_and_bptt_learn_below_the_baseline(task):
 def test_gru_copy_memory_tp_and_bptt_lower_the_loss():
     mod = load("gru_copy_memory")
     out = mod.main(delay=2, n_memorise=3, batches=300, n_hidden=16, warmup=50, every=150, val_batches=2,
-                   quiet=True)
+                   angles=True, quiet=True)
     assert out["tp"][0]["loss"] == out["bptt"][0]["loss"]  # the same initialisation and validation set
     for method, history in out.items():
         assert len(history) == 3, method
         assert history[-1]["loss"] < 0.6 * history[0]["loss"], (method, history)
+    # TP's alignment with BPTT: the output layer follows the gradient exactly, the gates do not
+    angles = out["tp"][-1]["angles"]
+    assert angles["W_hy"] < 0.01
+    assert all(0 <= angles[g] <= 180 for g in ("W_zh", "W_rh", "W_ch")) and angles["W_zh"] > 0.01
+    assert "angles" not in out["bptt"][-1]
 
 
 def test_gru_graph_uses_dtp_on_dense_edges_and_gradient_on_products():
