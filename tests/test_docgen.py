@@ -19,7 +19,7 @@ import pytest
 
 import tpgraph as tp
 from tpgraph import docgen
-from tpgraph.drawing import draw_credit_paths, layered_positions, step_positions
+from tpgraph.drawing import _blocked, draw_credit_paths, layered_positions, step_positions
 from tpgraph.errors import GraphError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +253,7 @@ def test_drawing_of_a_custom_dag(tmp_path):
     pos = layered_positions(g)
     for u, v in g.nx.edges:
         assert pos[u][0] < pos[v][0]  # every edge goes left to right
+    assert _blocked(pos, "h1", "h3") and not _blocked(pos, "h1", "h2")  # the skip edge bends around h2
     assert (tmp_path / "dag.png").read_bytes().startswith(PNG)
     # a networkx DiGraph works too, and steps positions refuse names they cannot place
     assert draw_credit_paths(g.nx, tmp_path / "nx.png").rules == rules

@@ -170,6 +170,22 @@ def step_positions(graph: Graph, rows: Sequence[str] = SRN_ROWS, spacing: float 
     return pos
 
 
+def _blocked(pos: Mapping, u, v, margin: float = 0.15) -> bool:
+    """Whether a node other than ``u`` and ``v`` lies on the segment from ``u`` to ``v`` (within ``margin``)."""
+    (x0, y0), (x1, y1) = pos[u], pos[v]
+    dx, dy = x1 - x0, y1 - y0
+    length2 = dx * dx + dy * dy
+    if length2 == 0:
+        return False
+    for w, (x, y) in pos.items():
+        if w == u or w == v:
+            continue
+        t = ((x - x0) * dx + (y - y0) * dy) / length2
+        if 0 < t < 1 and abs((x - x0) * dy - (y - y0) * dx) / length2 ** 0.5 < margin:
+            return True
+    return False
+
+
 def _label(name: str) -> str:
     m = re.fullmatch(r"([A-Za-z]+)_([A-Za-z0-9]+)", str(name))
     return f"${m.group(1)}_{{{m.group(2)}}}$" if m else str(name)
@@ -251,7 +267,9 @@ def draw_credit_paths(graph, path: str | Path, pos: Mapping | str | None = None,
     for u, v, d in edges:
         rule = d["rule"]
         carries = get_rule(rule).carries_credit
-        arrow(u, v, "0.45", 1.0, ls="-" if carries else ":", z=1)
+        # a forward edge passing through another node (a skip connection) bends around it
+        bend = -0.2 if _blocked(pos, u, v) else 0.0
+        arrow(u, v, "0.45", 1.0, ls="-" if carries else ":", rad=bend, z=1)
         if carries:
             arrow(v, u, colors[rule], 2.0, rad=0.35, z=2)
         drawing.rules[(u, v)] = rule
