@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -270,3 +271,29 @@ def test_drawing_refuses_a_cycle_and_other_files(tmp_path):
         layered_positions(g)
     with pytest.raises(tp.TPGraphError, match="PNG"):
         draw_credit_paths(tp.build_srn(2, 3, 4, 3), tmp_path / "srn.svg")
+
+
+# ---------------------------------------------------------------------- links
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _headings(text: str) -> set[str]:
+    return {docgen.anchor(m.replace("`", "")) for m in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("rel", ["docs/index.md", "docs/concepts.md", *docgen.PAGES])
+def test_links_resolve(rel):
+    """Every relative link of the index, the concepts page and the generated pages reaches a file or heading."""
+    path = ROOT / rel
+    text = path.read_text(encoding="utf-8")
+    broken = []
+    for target in _LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file_part, _, fragment = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if not dest.exists():
+            broken.append(target)
+        elif fragment and dest.suffix == ".md" and fragment not in _headings(dest.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert not broken, f"{rel}: broken links {broken}"
