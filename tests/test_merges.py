@@ -235,6 +235,8 @@ def test_register_merge_errors():
         register_merge("params_test", lambda h, ps: h, params=[1.0])
     with pytest.raises(tp.GraphError, match="already registered"):
         register_merge("clipped", clip_sum, jit=True)
+    with pytest.raises(tp.GraphError, match="a built-in"):
+        register_merge("weighted_step", lambda h, ps: h, overwrite=True)
     assert {"weighted_step", "clipped"} <= set(tp.known_merges())
 
 
@@ -243,3 +245,35 @@ def test_config_accepts_the_new_merges():
 
     for name in ("clipped", "weighted_step"):
         assert apply_overrides(Config(), [f"method.merge={name}"]).method.merge == name
+
+
+# ---------------------------------------------------------------- the comparison script
+@pytest.mark.slow
+def test_compare_merges_example_runs_and_writes_its_table(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "compare_merges.py"
+    spec = importlib.util.spec_from_file_location("compare_merges", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- compare_merges:begin -->\nold\n<!-- compare_merges:end -->\nafter\n")
+    rows = mod.main(["--quick", "--seeds", "2", "--tasks", "expansion", "--json", str(tmp_path / "r.json"),
+                     "--write", str(doc), "--plot", str(tmp_path / "a.png")])
+    assert [r["strategy"] for r in rows] == [label for label, _ in mod.STRATEGIES]
+    assert all(len(r["results"]) == 2 for r in rows)
+    bptt = rows[-1]["results"]
+    assert all(x["angle_W_h"] < 1e-2 and x["angle_h_mean"] < 1e-2 for x in bptt)  # float32: 0 up to rounding
+    tp_linear = rows[0]["results"]
+    assert all(0 < x["angle_W_h"] < 180 for x in tp_linear)
+    text = doc.read_text()
+    assert text.startswith("before\n<!-- compare_merges:begin -->\nMade with `python examples/compare_merges.py --quick")
+    assert "old" not in text and text.endswith("<!-- compare_merges:end -->\nafter\n")
+    assert text.count("| sequence expansion, length 10 |") == len(mod.STRATEGIES)
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    # the saved results give the same table again
+    again = tmp_path / "again.md"
+    again.write_text("<!-- compare_merges:begin -->\n<!-- compare_merges:end -->\n")
+    mod.main(["--combine", str(tmp_path / "r.json"), "--write", str(again)])
+    assert mod.format_table(rows) in again.read_text()

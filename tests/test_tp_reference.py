@@ -163,9 +163,10 @@ def test_merge_with_context_weights_the_step_target():
             out += w * (tau - h)
         return out
 
-    register_merge("weighted_step", weighted, overwrite=True)
+    register_merge("weighted_step_py", weighted, overwrite=True)
     L, B, H, n_in, n_out, alpha = 5, 3, 4, 4, 3, 0.7
-    eng, P, x, y, _ = run_engine(L, B, H, n_in, n_out, alpha, seed=5, merge="weighted_step")
+    eng, P, x, y, _ = run_engine(L, B, H, n_in, n_out, alpha, seed=5, merge="weighted_step_py")
+    fused, *_ = run_engine(L, B, H, n_in, n_out, alpha, seed=5, merge="weighted_step")  # the built-in
     assert ("h_2", ("y_2", "h_3")) in seen or ("h_2", ("h_3", "y_2")) in seen
     # the reference, written out: hat_L = h_L + e_L/(L+1); hat_{t-1} = DTP(hat_t) + e_{t-1}/t
     X = np.eye(n_in)[x]
@@ -186,3 +187,4 @@ def test_merge_with_context_weights_the_step_target():
         hat[t - 1] = prop + e[t - 2] / t
     for t in range(1, L + 1):
         np.testing.assert_allclose(eng.target(f"h_{t}"), hat[t], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fused.target(f"h_{t}"), hat[t], rtol=1e-10, atol=1e-12)

@@ -54,6 +54,8 @@ from .errors import GraphError
 
 #: Strategies the engine computes by accumulation with a per-member scale inside its kernels.
 BUILTIN = ("linear", "mean")
+#: Names no registration may take (the built-ins, including those registered below).
+PROTECTED = BUILTIN + ("weighted_step", "clipped")
 
 _REGISTRY: dict[str, object] = {}
 
@@ -163,8 +165,9 @@ def register_merge(name: str, fn, overwrite: bool = False, *, jit: bool = False,
         raise GraphError(f"merge name must be a non-empty string, got {name!r}")
     if not callable(fn):
         raise GraphError(f"merge {name!r}: expected a callable f(h, proposals) -> target, got {fn!r}")
-    if name in BUILTIN or (name in _REGISTRY and not overwrite):
-        raise GraphError(f"merge strategy {name!r} is already registered")
+    if name in BUILTIN or (name in _REGISTRY and (not overwrite or name in PROTECTED)):
+        raise GraphError(f"merge strategy {name!r} is already registered"
+                         + (" (a built-in)" if name in PROTECTED else ""))
     if jit:
         if isinstance(fn, Weighted):
             raise GraphError(f"merge {name!r}: a Weighted strategy is fused already; register it without jit=True")
