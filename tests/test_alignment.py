@@ -179,3 +179,19 @@ def test_fa_run_has_no_warmup():
     assert t.warmup == 0
     s = t.run()
     assert s["status"] == "completed" and math.isnan(s["final"]["reconstruction_loss"])
+
+
+def test_plot_alignment_from_columns_and_errors(tmp_path):
+    from tpgraph.errors import TPGraphError
+    from tpgraph.plots import plot_alignment
+
+    cols = {"batch": [10, 20, 30], "angle_W_h": [80.0, 60.0, 50.0], "angle_b_h": [85.0, 70.0, 40.0],
+            "angle_h_mean": [75.0, 65.0, 55.0], "angle_h_1": [70.0, 60.0, 50.0], "angle_h_2": [80.0, 70.0, 60.0]}
+    out = plot_alignment(cols, tmp_path / "a.png", title="test")
+    assert out.stat().st_size > 1000
+    with pytest.raises(TPGraphError, match="alignment_every"):
+        plot_alignment(tmp_path, tmp_path / "b.png")  # a folder without alignment.csv
+    with pytest.raises(TPGraphError, match="empty"):
+        plot_alignment({"batch": []}, tmp_path / "c.png")
+    with pytest.raises(TPGraphError, match="PNG"):
+        plot_alignment(cols, tmp_path / "d.svg")
