@@ -58,15 +58,26 @@ def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     return out
 
 
-# Runs in the fresh interpreter: executes the given file's blocks in order, in one namespace,
-# each compiled with the Markdown file's name and line numbers so that a traceback points there.
+# Runs in the fresh interpreter: executes the given file's blocks in order in the namespace of
+# __main__ (as a script would), each compiled with the Markdown file's line numbers so that a
+# traceback points there. The code's file name is "<path>", not the path itself: code pasted from
+# a page is not backed by a Python source file (Numba, for one, must not try to cache it there);
+# linecache still shows the Markdown lines in tracebacks.
 _RUNNER = r"""
-import json, sys
+import json, linecache, sys, traceback
+import __main__
 path, blocks = sys.argv[1], json.loads(sys.stdin.read())
-namespace = {"__name__": "__doc_snippets__"}
+name = f"<{path}>"
+text = open(path, encoding="utf-8").read()
+linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+namespace = __main__.__dict__
 for line, code in blocks:
     print(f"--- {path}: block at line {line}", flush=True)
-    exec(compile("\n" * (line - 1) + code, path, "exec"), namespace)
+    try:
+        exec(compile("\n" * (line - 1) + code, name, "exec"), namespace)
+    except BaseException:
+        traceback.print_exc()   # the Python printer reads linecache: the Markdown lines are shown
+        sys.exit(1)
 """
 
 
@@ -127,4 +138,4 @@ def test_a_failing_snippet_fails_with_its_file_and_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _RUNNER, str(doc)], input=json.dumps(blocks), text=True,
                           capture_output=True, cwd=tmp_path)
     assert proc.returncode != 0
-    assert f'File "{doc}", line 8' in proc.stderr and "undefined_name" in proc.stderr
+    assert f'File "<{doc}>", line 8' in proc.stderr and "y = x + undefined_name" in proc.stderr
