@@ -464,3 +464,14 @@ def test_pruners_by_name_with_batch_defaults(name, cls):
     # the user's options win over the defaults
     if name == "median":
         assert make_pruner("median", {"n_warmup_steps": 7}, 10, 100)._n_warmup_steps == 7
+
+
+def test_reproduce_ranges_can_be_replaced():
+    from tpgraph.studies.reproduce import SEARCH_SPACE, search_space
+
+    space = search_space({"optimizer.lr_y": (1e-3, 0.5)})
+    assert (space["optimizer.lr_y"]["low"], space["optimizer.lr_y"]["high"]) == (1e-3, 0.5)
+    assert space["optimizer.lr_f"] == SEARCH_SPACE["optimizer.lr_f"]
+    assert SEARCH_SPACE["optimizer.lr_y"]["low"] == 1e-4  # the default is not changed
+    with pytest.raises(ConfigError, match="model.n_hidden"):
+        search_space({"model.n_hidden": (8, 16)})

@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-seeds", type=_positive_int, default=None, help="fresh seeds of the final runs")
     p.add_argument("--only", type=_positive_int, action="append", default=None, metavar="T",
                    help="only this delay or length (repeatable)")
+    p.add_argument("--range", action="append", default=[], metavar="KEY=LOW:HIGH", dest="ranges",
+                   help="replace a searched range, e.g. --range optimizer.lr_y=1e-4:1 (repeatable)")
     p.add_argument("--out", metavar="DIR", default=None, help="the reproduction folder (default studies/TABLE-BUDGET)")
     _add_cluster_options(p)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
@@ -567,11 +569,19 @@ def cmd_reproduce(args) -> int:
 
     budget = budget_from(args.budget, trials=args.trials, batches=args.batches, val_batches=args.val_batches,
                          final_batches=args.final_batches, final_seeds=args.final_seeds)
+    ranges = {}
+    for item in args.ranges:
+        key, _, text = item.partition("=")
+        try:
+            low, high = (float(x) for x in text.split(":"))
+        except ValueError:
+            raise _UsageError(f"--range takes KEY=LOW:HIGH (e.g. optimizer.lr_y=1e-4:1), got {item!r}") from None
+        ranges[key.strip()] = (low, high)
     out = args.out or Path("studies") / f"{args.table}-{args.budget}"
     command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else ""
     res = reproduce(args.table, out, budget, scheduler=args.scheduler, workers=args.workers, storage=args.storage,
                     progress=_study_progress(args), values=tuple(args.only) if args.only else None,
-                    command=command, say=lambda line: print(line, file=sys.stderr))
+                    ranges=ranges, command=command, say=lambda line: print(line, file=sys.stderr))
     print(Path(res["files"]["md"]).read_text(encoding="utf-8"))
     print("files: " + ", ".join(str(p) for p in res["files"].values()))
     return EXIT_OK

@@ -119,25 +119,35 @@ def _base(table: TableDef, batches: int, val_batches: int, budget: Budget) -> di
     return base
 
 
-def search_spec(name: str, budget: Budget, values: tuple[int, ...] | None = None) -> dict:
+def search_space(ranges: dict[str, tuple[float, float]] | None = None) -> dict:
+    """:data:`SEARCH_SPACE` with some ranges replaced (``{"optimizer.lr_y": (1e-4, 0.1)}``)."""
+    space = {k: dict(v) for k, v in SEARCH_SPACE.items()}
+    for key, (low, high) in (ranges or {}).items():
+        if key not in space:
+            raise ConfigError(f"--range {key}: the reproduction searches {', '.join(space)}; not {key!r}")
+        space[key].update(low=float(low), high=float(high))
+    return space
+
+
+def search_spec(name: str, budget: Budget, values: tuple[int, ...] | None = None, space: dict | None = None) -> dict:
     """The search stage's spec (a plain mapping, as :func:`~tpgraph.studies.spec.parse_spec` takes)."""
     table = TABLES[name]
     return {"study": {"name": f"{name}-search", "trials": budget.trials, "seeds": [0], "sampler": "tpe",
                       "sampler_seed": 0, "pruner": "median", "objective": "best_val_loss",
                       "description": budget.describe()},
             "base": _base(table, budget.batches, budget.val_batches, budget),
-            "space": SEARCH_SPACE,
+            "space": space or SEARCH_SPACE,
             "groups": {"method.name": ["tp", "bptt"], table.key: list(values or table.values)}}
 
 
-def final_spec(name: str, budget: Budget, values: tuple[int, ...] | None = None) -> dict:
+def final_spec(name: str, budget: Budget, values: tuple[int, ...] | None = None, space: dict | None = None) -> dict:
     """The final stage's spec: one trial per cell (its values enqueued), fresh seeds, no pruning."""
     table = TABLES[name]
     return {"study": {"name": f"{name}-final", "trials": 1, "seeds": [1001 + i for i in range(budget.final_seeds)],
                       "sampler": "random", "pruner": "none", "objective": "best_val_loss",
                       "description": budget.describe()},
             "base": _base(table, budget.final_batches, budget.final_val_batches, budget),
-            "space": SEARCH_SPACE,
+            "space": space or SEARCH_SPACE,
             "groups": {"method.name": ["tp", "bptt"], table.key: list(values or table.values)}}
 
 
@@ -224,7 +234,7 @@ def _markdown(name: str, rows: list[dict], budget: Budget, meta: dict) -> str:
     table = TABLES[name]
     label = "delay" if table.key == "task.delay" else "length"
     lines = [f"# {name.capitalize()}: {table.task.replace('_', ' ')}, reproduced with tpgraph studies", "",
-             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}, wall time {meta['wall']}.", "",
+             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}; wall time {meta['wall']} from the first trial's start to the last one's end.", "",
              f"Budget: {budget.describe()}.", "",
              "Values are means ± standard deviation over the final seeds; accuracy is the percentage of "
              "validation sequences right at every position. *best* is the best validation point of a run (what "
@@ -251,16 +261,18 @@ def _markdown(name: str, rows: list[dict], budget: Budget, meta: dict) -> str:
                      f"{c.get('fail', 0)} | {', '.join(r['at_edge']) or 'none'} |")
     lines += ["", "Search ranges (log-uniform): " + ", ".join(
         f"`{k}` [{v['low']:g}, {v['high']:g}]" + (" (TP only)" if "when" in v else "")
-        for k, v in SEARCH_SPACE.items()) + ".", ""]
+        for k, v in meta["space"].items()) + ".", ""]
     return "\n".join(lines)
 
 
 def reproduce(name: str, folder: str | Path, budget: Budget, *, scheduler: str | None = None,
               workers: int | None = None, storage: str | None = None, progress: str = "off",
-              values: tuple[int, ...] | None = None, command: str = "", say: Callable[[str], None] = print) -> dict:
+              values: tuple[int, ...] | None = None, ranges: dict | None = None, command: str = "",
+              say: Callable[[str], None] = print) -> dict:
     """Run (or resume) the reproduction of ``name`` in ``folder``; returns the rows and the files written.
 
-    ``values`` restricts the delays or lengths (default: the paper's).
+    ``values`` restricts the delays or lengths (default: the paper's); ``ranges``
+    replaces searched ranges (:func:`search_space`).
     """
     if name not in TABLES:
         raise ConfigError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
@@ -271,8 +283,9 @@ def reproduce(name: str, folder: str | Path, budget: Budget, *, scheduler: str |
             raise ConfigError(f"{name} has T in {list(table.values)}; not {bad}")
     folder = Path(folder)
     t0 = time.perf_counter()
-    sspec = parse_spec(search_spec(name, budget, values))
-    fspec = parse_spec(final_spec(name, budget, values))
+    space = search_space(ranges)
+    sspec = parse_spec(search_spec(name, budget, values, space))
+    fspec = parse_spec(final_spec(name, budget, values, space))
     search = Study(sspec, folder / "search", storage=None if storage is None else storage)
     final = Study(fspec, folder / "final", storage=None if storage is None else storage)
     executor = make_executor(scheduler, workers)
@@ -293,14 +306,14 @@ def reproduce(name: str, folder: str | Path, budget: Budget, *, scheduler: str |
         final.run(executor, progress=StudyProgress(progress))
     finally:
         executor.close()
-    wall = time.perf_counter() - t0
+    wall = max(time.perf_counter() - t0, _span(search, final))
     rows = table_rows(name, final, search)
     import platform
     from datetime import date
 
     meta = {"command": command or f"tpgraph reproduce {name} --budget {budget.name}",
             "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cores)".replace("  ", " "),
-            "date": date.today().isoformat(), "wall": _duration(wall)}
+            "date": date.today().isoformat(), "wall": _duration(wall), "space": space}
     from ..train.records import atomic_write_json, atomic_write_text
 
     files = {"md": folder / f"{name}.md", "csv": folder / f"{name}.csv", "json": folder / f"{name}.json"}
@@ -328,6 +341,19 @@ def _plots(name: str, rows, final: Study, folder: Path, values) -> dict:
     return {"loss": plot_loss(runs, folder / f"{name}_loss_T{T}.png", title=f"{name}: {label} {T}, first seed"),
             "spectral": plot_spectral_radius(runs, folder / f"{name}_spectral_T{T}.png",
                                              title=f"{name}: {label} {T}, first seed")}
+
+
+def _span(*studies: Study) -> float:
+    """Seconds from the first trial's start to the last trial's end over ``studies`` (all sessions)."""
+    starts, ends = [], []
+    for st in studies:
+        for g in st.optuna_studies():
+            for t in g.study.get_trials(deepcopy=False):
+                if t.datetime_start is not None:
+                    starts.append(t.datetime_start)
+                if t.datetime_complete is not None:
+                    ends.append(t.datetime_complete)
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
 def _duration(seconds: float) -> str:
