@@ -23,7 +23,7 @@ sum edges are ``gradient`` (their local Jacobians are diagonal). BPTT
 (``graph.with_rules("gradient")``) and ``alpha = 1``, from the same
 initialisation, on the same batches.
 
-Run ``python examples/gru_copy_memory.py --delay 5 --batches 3000``; the
+Run ``python examples/gru_copy_memory.py --delay 5 --batches 12000``; the
 measured comparison is in ``docs/results/gru_copy_memory.md``.
 """
 
@@ -43,31 +43,37 @@ GATES = ("z", "r", "c")
 OUTPUT_GROUPS = ("W_hy", "b_y")
 
 
-def build_gru(length: int, n_in: int, n_hidden: int, n_out: int, *, method: str = "tp", noise: float = 0.0,
-              dtype="float32") -> tp.Graph:
+def build_gru(length: int, n_in: int, n_hidden: int, n_out: int, *, method: str = "tp", gates: str = "dtp",
+              noise: float = 0.0, dtype="float32") -> tp.Graph:
     """Declare the GRU unrolled over ``length`` steps (one-hot inputs ``x_t``, softmax outputs ``y_t``).
 
     ``method="tp"`` puts ``dtp`` on the dense edges into the recurrent state
     and attaches their inverses; ``"bptt"`` is the same graph (the same
     forward groups; the inverses left out) with every credit edge
-    ``gradient``.
+    ``gradient``. ``gates="gradient"`` (with ``method="tp"``) keeps ``dtp``
+    only on the candidate's edge ``rh_t -> c_t`` and gives the gates' edges
+    ``h_{t-1} -> z_t, r_t`` the gradient rule (no gate inverses).
     """
     if method not in ("tp", "bptt"):
         raise tp.ConfigError(f"GRU: method must be 'tp' or 'bptt', got {method!r}")
+    if gates not in ("dtp", "gradient"):
+        raise tp.ConfigError(f"GRU: gates must be 'dtp' or 'gradient', got {gates!r}")
     g = tp.Graph(f"gru_L{length}", dtype=dtype)
     g.input("h_0", n_hidden)
     credit = "dtp" if method == "tp" else "gradient"
+    gate_credit = gates if method == "tp" else "gradient"
+    inverted = [gate for gate, rule in (("z", gate_credit), ("r", gate_credit), ("c", credit)) if rule == "dtp"]
     for t in range(1, length + 1):
         x, h_prev, h = f"x_{t}", f"h_{t - 1}", f"h_{t}"
         g.index_input(x, n_in)
         for gate, act, rec in (("z", "sigmoid", h_prev), ("r", "sigmoid", h_prev)):
             g.dense(f"{gate}_{t}", [x, rec], n_hidden, act=act, weights=[f"W_{gate}x", f"W_{gate}h"],
-                    bias=f"b_{gate}", rules=["none", credit])
+                    bias=f"b_{gate}", rules=["none", gate_credit])
         g.multiply(f"rh_{t}", [f"r_{t}", h_prev])
         g.dense(f"c_{t}", [x, f"rh_{t}"], n_hidden, act="tanh", weights=["W_cx", "W_ch"], bias="b_c",
                 rules=["none", credit])
-        if method == "tp":
-            for gate, of in (("z", h_prev), ("r", h_prev), ("c", f"rh_{t}")):
+        for gate, of in (("z", h_prev), ("r", h_prev), ("c", f"rh_{t}")):
+            if gate in inverted:
                 g.add_inverse(f"{gate}_{t}", of=of, weight=f"V_{gate}", bias=f"c_{gate}", act="tanh",
                               others="forward", noise=noise)
         g.scale(f"nh_{t}", h_prev, -1.0)
@@ -80,7 +86,7 @@ def build_gru(length: int, n_in: int, n_hidden: int, n_out: int, *, method: str 
     for gate in GATES:
         g.init(f"W_{gate}x", "normal:0.1")
         g.init(f"W_{gate}h", "orthogonal")
-        if method == "tp":
+        if gate in inverted:
             g.init(f"V_{gate}", "orthogonal")
     g.init("W_hy", "normal:0.1")
     return g
@@ -94,9 +100,9 @@ def make_engine(graph: tp.Graph, params: tp.ParamStore, *, alpha: float, lr_f: f
     return tp.Engine(graph, params, alpha=alpha, optimizer="adam", lr=lr_f, groups=groups, seed=seed)
 
 
-def forward_params(bptt_graph: tp.Graph, tp_params: tp.ParamStore) -> tp.ParamStore:
-    """The forward groups of ``tp_params`` (copied), for the BPTT graph, which has no inverses."""
-    return tp.ParamStore({grp: tp_params[grp].copy() for grp in bptt_graph.param_shapes()}, bptt_graph.dtype)
+def params_for(graph: tp.Graph, init: tp.ParamStore) -> tp.ParamStore:
+    """The groups of ``init`` that ``graph`` uses (copied): the BPTT graph and ``gates="gradient"`` have fewer."""
+    return tp.ParamStore({grp: init[grp].copy() for grp in graph.param_shapes()}, graph.dtype)
 
 
 def _batch(task, L, x, y, h0):
@@ -121,13 +127,14 @@ def evaluate(eng: tp.Engine, task, xv, yv, h0) -> dict:
 def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: int = 64, batch_size: int = 20,
          warmup: int = 200, every: int = 500, alpha: float = 1.0, lr_f: float = 1e-3, lr_g: float = 1e-3,
          lr_y: float = 3e-3, seed: int = 0, val_batches: int = 10, methods: tuple[str, ...] = ("tp", "bptt"),
-         angles: bool = False, quiet: bool = False) -> dict[str, list[dict]]:
+         gates: str = "dtp", angles: bool = False, quiet: bool = False) -> dict[str, list[dict]]:
     """Train the GRU on copy memory with each method; per method, the validation results at each report.
 
     Each result is ``{"batch", "loss", "acc", "seconds"}`` (mean per-step
     cross-entropy on a fixed validation set, the fraction of whole sequences
     right, wall time since the method started). Batch 0 is the shared
-    initialisation. TP trains its inverses alone for the first ``warmup``
+    initialisation. ``gates`` is the TP rule of the gates' edges into the
+    state (see :func:`build_gru`). TP trains its inverses alone for the first ``warmup``
     batches (the paper's inverse-only warm-up). With ``angles``, TP's reports
     also hold ``"angles"``: per forward group, the angle in degrees between
     its local update and the BPTT gradient on the first validation batch
@@ -136,14 +143,15 @@ def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: in
     task = make_task("copy_memory", delay=delay, n_memorise=n_memorise)
     L = task.length
     xv, yv = task.validation_set(seed + 1, val_batches, batch_size)
-    graphs = {"tp": build_gru(L, task.n_in, n_hidden, task.n_out, method="tp")}
+    graphs = {"tp": build_gru(L, task.n_in, n_hidden, task.n_out, method="tp", gates=gates)}
     graphs["bptt"] = build_gru(L, task.n_in, n_hidden, task.n_out, method="bptt")
-    init = graphs["tp"].init_params(seed)  # one initialisation: the BPTT run takes its forward groups
+    # one initialisation, of the graph with every inverse: each run takes the groups it uses
+    init = build_gru(L, task.n_in, n_hidden, task.n_out, method="tp").init_params(seed)
     h0 = np.zeros((1, batch_size, n_hidden), dtype=graphs["tp"].dtype)
     out = {}
     for method in methods:
         graph = graphs[method]
-        params = forward_params(graph, init) if method == "bptt" else init.copy()
+        params = params_for(graph, init)
         eng = make_engine(graph, params, alpha=alpha if method == "tp" else 1.0, lr_f=lr_f, lr_g=lr_g,
                           lr_y=lr_y, seed=seed)
         rng = np.random.default_rng(seed)  # the same batches for every method
@@ -162,9 +170,11 @@ def main(delay: int = 5, n_memorise: int = 10, batches: int = 3000, n_hidden: in
                     al = alignment(eng, _batch(task, L, xv[0], yv[0], h0), reference)
                     history[-1]["angles"] = dict(al.groups)
                 if not quiet:
+                    angle = "".join(f"  {grp} {history[-1]['angles'][grp]:.0f} deg" for grp in ("W_zh", "W_rh", "W_ch")
+                                    if "angles" in history[-1])
                     print(f"[{method}] copy memory T={delay} batch {b:5d}  validation loss {ev['loss']:.5f} "
                           f"(baseline {task.baseline_loss:.4f})  sequences right {ev['seq_acc']:.3f}  "
-                          f"{time.perf_counter() - t0:.1f} s", flush=True)
+                          f"{time.perf_counter() - t0:.1f} s{angle}", flush=True)
         out[method] = history
     return out
 
@@ -178,6 +188,12 @@ if __name__ == "__main__":
     ap.add_argument("--lr-f", type=float, default=1e-3)
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-batches", type=int, default=10)
+    ap.add_argument("--angles", action="store_true", help="report TP's alignment angles with BPTT")
+    ap.add_argument("--gates", choices=("dtp", "gradient"), default="dtp",
+                    help="TP's rule on the gates' edges into the state (dtp only on the candidate: gradient)")
+    ap.add_argument("--methods", default="tp,bptt", help="comma-separated: tp, bptt")
     args = ap.parse_args()
     main(args.delay, batches=args.batches, n_hidden=args.hidden, alpha=args.alpha, lr_f=args.lr_f,
-         every=args.every, seed=args.seed)
+         every=args.every, seed=args.seed, val_batches=args.val_batches, angles=args.angles, gates=args.gates,
+         methods=tuple(args.methods.split(",")))

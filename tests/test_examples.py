@@ -135,6 +135,11 @@ def test_gru_graph_uses_dtp_on_dense_edges_and_gradient_on_products():
     assert g.node("c_2").rules == ("none", "dtp") and sorted(g.node("c_2").inverses) == ["rh_2"]
     assert g.node("u_2").kind == "multiply" and g.node("u_2").rules == ("gradient", "gradient")
     assert g.node("nh_2").kind == "scale" and g.node("nh_2").factor == -1.0
+    # dtp on the candidate only: the gates' edges take the gradient rule and carry no inverse
+    half = mod.build_gru(3, 4, 5, 4, method="tp", gates="gradient")
+    assert half.node("z_2").rules == ("none", "gradient") and not half.node("r_2").inverses
+    assert half.node("c_2").rules == ("none", "dtp") and sorted(half.node("c_2").inverses) == ["rh_2"]
+    assert {k for k in half.param_shapes() if k.startswith("V_")} == {"V_c"}
     # h_t = (1 - z_t) h_{t-1} + z_t c_t
     eng = tp.Engine(g, alpha=1.0, seed=0)
     rng = np.random.default_rng(0)
