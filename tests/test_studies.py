@@ -351,9 +351,10 @@ def test_killed_worker_still_completes_the_study(tmp_path):
         deadline = time.time() + 240
         while killed is None:
             for (name, number), t in _states(study.folder).items():
-                # a trial that has run for a while (its first checkpoint is on disk), on a worker
+                # a trial that has run for a while (its first checkpoint is on disk) but is far from its end
                 dirs, worker = t.user_attrs.get("run_dirs"), t.user_attrs.get("worker")
-                if (t.state == TrialState.RUNNING and worker and dirs
+                reported = max(t.intermediate_values, default=0)
+                if (t.state == TrialState.RUNNING and worker and dirs and 40 <= reported <= 600
                         and (Path(dirs[0]) / "checkpoint" / "checkpoint.json").exists()):
                     os.kill(worker["pid"], signal.SIGKILL)
                     killed = number
