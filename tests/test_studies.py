@@ -333,7 +333,7 @@ def serial_reference(data: dict, study: Study, folder: Path) -> dict:
 
 
 def test_killed_worker_still_completes_the_study(tmp_path):
-    data = tiny_spec(trials=4, seeds=1, n_batches=1500)
+    data = tiny_spec(trials=4, seeds=1, n_batches=6000)
     study = Study(parse_spec(copy.deepcopy(data)), tmp_path / "study")
     executor = make_executor(None, workers=2)
     errors = []
@@ -354,7 +354,7 @@ def test_killed_worker_still_completes_the_study(tmp_path):
                 # a trial that has run for a while (its first checkpoint is on disk) but is far from its end
                 dirs, worker = t.user_attrs.get("run_dirs"), t.user_attrs.get("worker")
                 reported = max(t.intermediate_values, default=0)
-                if (t.state == TrialState.RUNNING and worker and dirs and 40 <= reported <= 600
+                if (t.state == TrialState.RUNNING and worker and dirs and 40 <= reported <= 3000
                         and (Path(dirs[0]) / "checkpoint" / "checkpoint.json").exists()):
                     os.kill(worker["pid"], signal.SIGKILL)
                     killed = number
@@ -372,8 +372,14 @@ def test_killed_worker_still_completes_the_study(tmp_path):
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     others = [t for n, t in trials.items() if n != killed and t.user_attrs.get("retry_of") is None]
     assert len(others) == 3 and all(t.state == TrialState.COMPLETE for t in others)
-    # the retry resumed the killed run from its checkpoint and reached the uninterrupted value
-    assert values_by_params(study) == serial_reference(data, study, tmp_path / "reference")
+    assert all(math.isfinite(t.value) and len(t.user_attrs["seed_values"]) == 1 for t in others)
+    # the retry resumed the killed run from its checkpoint and reached the uninterrupted run's value
+    one = copy.deepcopy(data)
+    one["study"]["trials"] = 1
+    ref = Study(parse_spec(one), tmp_path / "reference")
+    ref.optuna_studies()[0].study.enqueue_trial(trials[killed].params)
+    ref.run(SerialExecutor())
+    assert retry[0].value == ref.result().groups[0]["best_value"]
 
 
 def test_pruner_stops_bad_trials(tmp_path):
