@@ -315,8 +315,8 @@ class Graph:
     # ---------------------------------------------------------------- reading
     def node(self, name: str) -> Node:
         """The declared node ``name``."""
-        try:
-            return self.nx.nodes[name]["node"]
+        try:  # networkx's node-attribute dict itself: the NodeView costs a Python call, and this runs per edge
+            return self.nx._node[name]["node"]
         except (KeyError, TypeError):  # not in the graph, only named as an input, or not a name
             raise GraphError(f"graph {self.name!r} has no node {name!r}") from None
 

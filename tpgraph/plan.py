@@ -135,17 +135,19 @@ def act_code(name: str, dtype, fast_tanh: bool) -> int:
     return code
 
 
-def _needs_target(graph: Graph, order: list[str]) -> dict[str, bool]:
-    """A node needs a target if it has parameters or credit can reach parameters through it."""
-    need: dict[str, bool] = {}
-    for v in order:
-        n = graph.node(v)
+def _needs_target(nodes: list[Node], ins: list[tuple[int, ...]]) -> list[bool]:
+    """A node needs a target if it has parameters or credit can reach parameters through it.
+
+    ``nodes`` in topological order and their inputs' positions (:func:`_index`).
+    """
+    need: list[bool] = []
+    for n, srcs in zip(nodes, ins):
         if n.is_data or n.is_loss:
-            need[v] = False
+            need.append(False)
         elif n.has_params:
-            need[v] = True
+            need.append(True)
         else:
-            need[v] = any(get_rule(r).carries_credit and need[u] for u, r in zip(n.inputs, n.rules))
+            need.append(any(get_rule(r).carries_credit and need[u] for u, r in zip(srcs, n.rules)))
     return need
 
 
@@ -159,7 +161,7 @@ def _index(graph: Graph, order: list[str]) -> tuple[list[Node], list[tuple[int, 
     ndata = graph.nx.nodes
     nodes = [ndata[v]["node"] for v in order]
     pos = {v: i for i, v in enumerate(order)}
-    return nodes, [tuple(pos[u] for u in n.inputs) for n in nodes]
+    return nodes, [tuple([pos[u] for u in n.inputs]) for n in nodes]
 
 
 def _local_signatures(graph, nodes, need) -> list[tuple]:
@@ -167,10 +169,10 @@ def _local_signatures(graph, nodes, need) -> list[tuple]:
     settings = {n.name: repr(n.settings()) for n in nodes}
     edges = graph.nx.succ
     sigs = []
-    for n in nodes:
+    for n, needs in zip(nodes, need):
         # Sources are told apart by the refinement (their groups), not here: the
         # head of a chain has a source unlike its members' and must still match.
-        sig = (type(n).__name__, settings[n.name], n.rules, need[n.name])
+        sig = (type(n).__name__, settings[n.name], n.rules, needs)
         if n.is_data:  # data nodes also by which consumers they feed
             feeds = sorted((type(graph.node(c)).__name__, settings[c], data["slot"])
                            for c, data in edges[n.name].items())
@@ -246,8 +248,8 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
     report("compiling", 0, 4)
     order = graph.validate()
     report("compiling", 1, 4)
-    need = _needs_target(graph, order)
     nodes, ins = _index(graph, order)
+    need = _needs_target(nodes, ins)
     sigs = _local_signatures(graph, nodes, need)
     forced = [not stacking] * len(order)
     while True:
@@ -279,28 +281,32 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
     report("compiling", 2, 4)
     renumber = {gid: i for i, gid in enumerate(stack_order)}
     where = {}
+    at: list = [None] * len(order)  # by position: (stack id, member index); ``where`` by name
+    positions: list[list[int]] = []  # by stack id: the members' positions
     stacks = []
     for gid in stack_order:
         vs = members[gid]
         rec = chains[gid]
         if rec is not None:
             vs = _chain_order(ins, vs, rec, group, gid)
-        vs = [order[v] for v in vs]
-        st = Stack(id=renumber[gid], node=graph.node(vs[0]), members=vs)
+        names = [order[v] for v in vs]
+        st = Stack(id=renumber[gid], node=nodes[vs[0]], members=names)
         st.needs_target = need[vs[0]]
         st.chain = rec is not None
         st.rec_slot = rec
         st.merge = getattr(st.node, "merge", None) or graph.merge
-        for k, v in enumerate(vs):
-            where[v] = (st.id, k)
+        for k, (v, name) in enumerate(zip(vs, names)):
+            at[v] = where[name] = (st.id, k)
+        positions.append(vs)
         stacks.append(st)
     for st in stacks:
         n0 = st.node
+        first = positions[st.id][0]
         for i, u0 in enumerate(n0.inputs):
             rule = n0.rules[i]
             credit = get_rule(rule)
-            src_node = graph.node(u0)
-            propose = credit.carries_credit and need[u0]
+            src_node = nodes[ins[first][i]]
+            propose = credit.carries_credit and need[ins[first][i]]
             slot = Slot(
                 index=i, src=where[u0][0], rows=None, rule=rule, propose=bool(propose), credit=credit,
                 weight=n0.weights[i] if isinstance(n0, Dense) else None,
@@ -313,14 +319,14 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
                 st.init_src = where[u0]
                 st.propose_init = bool(propose)
             else:
-                rows = np.array([where[graph.node(v).inputs[i]][1] for v in st.members], dtype=np.int64)
+                rows = np.array([at[ins[v][i]][1] for v in positions[st.id]], dtype=np.int64)
                 if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
                     slot.rows = slice(int(rows[0]), int(rows[0]) + len(rows))
                 else:
                     slot.rows = rows
             st.slots.append(slot)
     report("compiling", 3, 4)
-    _wire_incoming(graph, stacks, where)
+    _wire_incoming(stacks, positions, ins, at)
     _weigh_merges(stacks)
     fwd, inv = set(), set()
     for n in graph.nodes:
@@ -381,20 +387,24 @@ def _chain_order(ins, vs, rec, group, gid):
     return out
 
 
-def _wire_incoming(graph, stacks, where):
-    """For every node that needs a target, the proposals it receives (for merges and inspection)."""
+def _wire_incoming(stacks, positions, ins, at):
+    """For every node that needs a target, the proposals it receives (for merges and inspection).
+
+    ``positions[s]``: the members of stack ``s`` as positions; ``ins``: each
+    position's inputs; ``at``: each position's (stack id, member index).
+    """
     for st in stacks:
         st.incoming = [[] for _ in range(st.m)]
     for st in stacks:
         for slot in st.slots:
             if not slot.propose:
                 continue
-            for k, v in enumerate(st.members):
+            i = slot.index
+            for k, v in enumerate(positions[st.id]):
                 if slot.recurrent and k == 0 and not st.propose_init:
                     continue
-                u = graph.node(v).inputs[slot.index]
-                sid, j = where[u]
-                stacks[sid].incoming[j].append((st.id, slot.index, k))
+                sid, j = at[ins[v][i]]
+                stacks[sid].incoming[j].append((st.id, i, k))
     for st in stacks:
         st.counts = np.array([len(x) for x in st.incoming], dtype=np.int64)
 
