@@ -327,9 +327,9 @@ def test_gated_recurrence_backprop_matches_finite_differences():
 
 
 # ---------------------------------------------------------------- stacking
-def replicated_gated(R=3, dtype="float64", rule="gradient"):
+def replicated_gated(R=3, dtype="float64", rule="gradient", merge="linear"):
     """R copies of one gated branch sharing groups: the new kinds form stacks of R members."""
-    g = tp.Graph("rep", dtype=dtype)
+    g = tp.Graph("rep", dtype=dtype, merge=merge)
     for r in range(R):
         g.input(f"x{r}", 3)
         g.dense(f"a{r}", [f"x{r}"], 4, act="identity", weights=["Wa"], bias="ba", rules=["none"])
@@ -350,9 +350,10 @@ def replicated_gated(R=3, dtype="float64", rule="gradient"):
     return g
 
 
-@pytest.mark.parametrize("rule", ["gradient", "dtp", "tp"])
-def test_replicated_gated_branches_stack_and_equal_the_unstacked_plan(rule):
-    g = replicated_gated(rule=rule)
+@pytest.mark.parametrize("rule, merge", [("gradient", "linear"), ("dtp", "linear"), ("tp", "linear"),
+                                         ("dtp", "mean"), ("dtp", "clipped")])
+def test_replicated_gated_branches_stack_and_equal_the_unstacked_plan(rule, merge):
+    g = replicated_gated(rule=rule, merge=merge)
     stacked, _ = assert_same_results(g, random_batch(g, 4, seed=3), randomise=0.6)
     widest = {}
     for st in stacked.stacks:
