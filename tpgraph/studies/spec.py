@@ -42,13 +42,12 @@ import difflib
 import itertools
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..train.config import SECTIONS, Config, load_config
+from ..train.config import SECTIONS, Config, load_config, read_toml
 
 __all__ = ["StudySpec", "Param", "Objective", "OBJECTIVES", "parse_spec", "load_spec", "group_slug"]
 
@@ -475,16 +474,7 @@ def _plain(data: Any) -> Any:
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a spec file (its stem is the default study name)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"study spec {str(p)!r} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"study spec {str(p)!r} cannot be read: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"study spec {str(p)!r} is not valid TOML: {exc}") from None
+    data = read_toml(p, "study spec")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.stem).strip("-.") or "study"
     return parse_spec(data, name=name, root=p.parent)
 
