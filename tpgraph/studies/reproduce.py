@@ -235,7 +235,7 @@ def _markdown(name: str, rows: list[dict], budget: Budget, meta: dict) -> str:
     label = "delay" if table.key == "task.delay" else "length"
     lines = [f"# {name.capitalize()}: {table.task.replace('_', ' ')}, reproduced with tpgraph studies", "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}; wall time {meta['wall']} from the first trial's start to the last one's end.", "",
-             f"Budget: {budget.describe()}.", "",
+             budget.describe().capitalize()[0] + budget.describe()[1:] + ".", "",
              "Values are means ± standard deviation over the final seeds; accuracy is the percentage of "
              "validation sequences right at every position. *best* is the best validation point of a run (what "
              "the paper reports), *final* the last one.", "",
