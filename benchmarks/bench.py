@@ -478,6 +478,13 @@ print(json.dumps(dict(first_step_s=first, peak_rss_mb=hwm / 1024, peak_rss_growt
 """
 
 
+def _version_of(module):
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return "not installed"
+
+
 def run_long(args, command):
     """Compile time and per-batch time and memory of long sequences, against :data:`LONG_GOALS`."""
     import numba
@@ -547,7 +554,8 @@ def run_long(args, command):
                         for m_ in ("tp", "bptt")},
         "memory": memory,
         "machine": cpu_info(), "blas": blas_info(),
-        "versions": {"numpy": np.__version__, "numba": numba.__version__, "python": platform.python_version()},
+        "versions": {"numpy": np.__version__, "numba": numba.__version__, "python": platform.python_version(),
+                     "scipy": _version_of("scipy"), "torch": "(not used by --long)"},
         "env_found": ENV_FOUND,
         "env_set": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                                "NUMBA_NUM_THREADS")},
