@@ -234,7 +234,8 @@ def _markdown(name: str, rows: list[dict], budget: Budget, meta: dict) -> str:
     table = TABLES[name]
     label = "delay" if table.key == "task.delay" else "length"
     lines = [f"# Table {name[len('table'):]}: {table.task.replace('_', ' ')}, reproduced with tpgraph studies", "",
-             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}; wall time {meta['wall']} from the first trial's start to the last one's end.", "",
+             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}; wall time {meta['wall']} "
+             f"from the first trial's start to the last one's end.", "",
              budget.describe().capitalize()[0] + budget.describe()[1:] + ".", "",
              "Values are means ± standard deviation over the final seeds; accuracy is the percentage of "
              "validation sequences right at every position. *best* is the best validation point of a run (what "
