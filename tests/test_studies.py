@@ -226,7 +226,7 @@ def test_dask_cli_scheduler_and_workers(serial_values, tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
-    dask_cmd = [str(bindir / "dask")] if (bindir / "dask").exists() else [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    dask_cmd = [str(bindir / "dask")]  # Dask's own command line, installed with distributed
     procs = [subprocess.Popen([*dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)]
     try:

@@ -309,11 +309,10 @@ def reproduce(name: str, folder: str | Path, budget: Budget, *, scheduler: str |
         executor.close()
     wall = max(time.perf_counter() - t0, _span(search, final))
     rows = table_rows(name, final, search)
-    import platform
     from datetime import date
 
     meta = {"command": command or f"tpgraph reproduce {name} --budget {budget.name}",
-            "machine": f"{platform.machine()} {platform.processor() or ''} ({__import__('os').cpu_count()} cores)".replace("  ", " "),
+            "machine": _machine(),
             "date": date.today().isoformat(), "wall": _duration(wall), "space": space}
     from ..train.records import atomic_write_json, atomic_write_text
 
@@ -342,6 +341,22 @@ def _plots(name: str, rows, final: Study, folder: Path, values) -> dict:
     return {"loss": plot_loss(runs, folder / f"{name}_loss_T{T}.png", title=f"{name}: {label} {T}, first seed"),
             "spectral": plot_spectral_radius(runs, folder / f"{name}_spectral_T{T}.png",
                                              title=f"{name}: {label} {T}, first seed")}
+
+
+def _machine() -> str:
+    """The CPU model and core count (``/proc/cpuinfo`` where there is one)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def _span(*studies: Study) -> float:

@@ -127,8 +127,8 @@ def run_trial(job: TrialJob) -> dict:
     objective = OBJECTIVES[job.objective]
     storage = open_storage(job.storage)
     name, options, max_res, min_res = job.pruner
-    study = optuna.load_study(study_name=job.study_name, storage=storage,
-                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(name, options, max_res, min_res))
+    study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                              pruner=make_pruner(name, options, max_res, min_res))
     frozen = storage.get_trial(job.trial_id)
     if frozen.state.is_finished():
         return {"state": "finished", "value": frozen.value, "number": job.trial_number,
