@@ -450,7 +450,7 @@ def test_reproduce_smoke_writes_the_tables(tmp_path):
     lines = (tmp_path / "t1" / "table1.csv").read_text().splitlines()
     assert lines[0].split(",") == list(CSV_COLUMNS) and len(lines) == 3
     md = (tmp_path / "t1" / "table1.md").read_text()
-    assert "budget 'smoke'" in md and "| 5 | tp |" in md
+    assert "Budget 'smoke'" in md and "| 5 | tp |" in md
     assert res["files"]["loss"].exists() and res["files"]["spectral"].exists()
 
 
