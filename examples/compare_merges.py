@@ -7,9 +7,10 @@ and the alignment with BPTT at the end of training (the angle between the
 update of ``W_h`` and BPTT's gradient of the same batch, and the mean over
 time steps of the angle between each hidden displacement and ``-dL/dh_t``).
 
-    python examples/compare_merges.py                     # the table in docs/merges.md (~15 min, 1 core)
     python examples/compare_merges.py --quick             # a smoke run (~1 min)
-    python examples/compare_merges.py --write docs/merges.md --plot docs/results/alignment_copy_memory_T5.png
+    python examples/compare_merges.py --tasks copy --json copy.json --plot docs/results/alignment_copy_memory_T5.png
+    python examples/compare_merges.py --tasks expansion --json expansion.json      # (side by side: 2 cores)
+    python examples/compare_merges.py --combine copy.json expansion.json --write docs/merges.md
 
 ``--write`` replaces the text between the markers ``<!-- compare_merges:begin -->``
 and ``<!-- compare_merges:end -->`` in that file with the table and how it was
@@ -57,7 +58,7 @@ TASK_KEYS = {
 TASKS = dict(TASK_KEYS.values())
 
 
-def budget(quick: bool, batches: int = 1500, hidden: int = 64) -> list[str]:
+def budget(quick: bool, batches: int = 3000, hidden: int = 64) -> list[str]:
     """The protocol of every run: ``batches`` in all, a fifth of them TP's inverse-only warm-up."""
     if quick:
         batches, hidden = 300, 32
@@ -108,7 +109,7 @@ def run_one(config: Config, run_dir: Path | None) -> dict:
 
 
 def run_comparison(tasks=TASKS, strategies=STRATEGIES, seeds=(0, 1, 2), quick=False, runs: Path | None = None,
-                   log=print, batches: int = 1500, hidden: int = 64) -> list[dict]:
+                   log=print, batches: int = 3000, hidden: int = 64) -> list[dict]:
     """Train every (task, strategy, seed); returns one row per (task, strategy) with the per-seed results."""
     out = []
     for task_label, task_sets in tasks.items():
@@ -191,7 +192,7 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: 300 batches, 32 hidden units")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    ap.add_argument("--batches", type=int, default=1500, help="training batches per run (default 1500)")
+    ap.add_argument("--batches", type=int, default=3000, help="training batches per run (default 3000)")
     ap.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
     ap.add_argument("--runs", type=Path, default=None, help="keep the run folders here (default: none)")
     ap.add_argument("--write", type=Path, default=None, help="put the table between the markers of this file")

@@ -19,8 +19,9 @@ training run. Angles are in degrees, computed as
 ``2 atan2(||u - v||, ||u + v||)`` of the unit vectors (accurate near 0,
 unlike ``arccos``); NaN where either vector is zero.
 
-Cost: one target pass of the engine (forward, targets, local gradients) plus
-one backpropagation step, i.e. about one TP step and one BPTT step.
+Cost: one target pass of the engine (forward, targets, local gradients), one
+backpropagation step and the angles: 2-4 training batches of the paper's SRN
+(``benchmarks/merge_cost.py``).
 """
 
 from __future__ import annotations
