@@ -482,3 +482,16 @@ def test_reproduce_ranges_can_be_replaced():
     assert SEARCH_SPACE["optimizer.lr_y"]["low"] == 1e-4  # the default is not changed
     with pytest.raises(ConfigError, match="model.n_hidden"):
         search_space({"model.n_hidden": (8, 16)})
+
+
+def test_a_study_too_large_for_the_memory_limit_is_refused_before_any_trial(tmp_path):
+    from tpgraph.errors import MemoryLimitError
+
+    data = tiny_spec()
+    data["groups"] = {"task.delay": [2, 3]}
+    data["base"]["protocol"]["memory_limit"] = "20MB"
+    data["space"]["model.n_hidden"] = {"type": "int", "low": 8, "high": 1024}
+    with pytest.raises(MemoryLimitError, match=r"group \{'task.delay': 2\}.*would allocate"):
+        parse_spec(data)
+    data["space"]["model.n_hidden"]["high"] = 16
+    assert parse_spec(data).trials == 2  # the small study fits

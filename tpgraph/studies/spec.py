@@ -439,13 +439,26 @@ def parse_spec(data: Mapping, *, name: str | None = None, root: str | Path = "."
 
 
 def _check_configs(spec: StudySpec) -> None:
-    """Build every group's config at the ends of every range; the first refusal names the key."""
+    """Build every group's config at the ends of every range; the first refusal names the key.
+
+    Each group's largest run (every searched integer at its upper end) is
+    also checked against the memory limit, so a study that cannot fit is
+    refused before its first trial, not by every trial on a worker.
+    """
+    from ..errors import MemoryLimitError
+    from ..train.trainer import check_run_memory
+
     for group in spec.group_values():
         label = f"group {group}" if group else "the base"
         try:
             spec.config_for(group, {})
         except ConfigError as exc:
             raise ConfigError(f"[groups] {label}: {exc}") from None
+        largest = {p.key: p.high for p in spec.params_for(group) if p.type == "int"}
+        try:
+            check_run_memory(spec.config_for(group, largest))
+        except MemoryLimitError as exc:
+            raise MemoryLimitError(f"{label}: {exc}", estimate=exc.estimate, limit=exc.limit) from None
         for p in spec.params_for(group):
             probes = list(p.choices) if p.type == "categorical" else [p.low, p.high, *p.grid]
             for v in probes:

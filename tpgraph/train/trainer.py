@@ -60,7 +60,8 @@ from .config import Config, load_config, to_toml
 from .records import (METRIC_COLUMNS, RunFiles, atomic_write_json, atomic_write_text, read_summary,
                       save_weights, write_metrics_csv)
 
-__all__ = ["Trainer", "TrainState", "Callback", "build_task", "build_model", "new_run_dir"]
+__all__ = ["Trainer", "TrainState", "Callback", "build_task", "build_model", "new_run_dir", "estimate_run_memory",
+           "check_run_memory"]
 
 _DATA_STREAM = 0x7D47A  # spawn key that separates the data stream from the initialisation's seed
 
@@ -199,6 +200,49 @@ def _mean(values: Iterable[float]) -> float:
     return float(sum(values) / len(values)) if values else math.nan
 
 
+def estimate_run_memory(config: Config, task: Task | None = None, model: SRN | None = None) -> MemoryEstimate:
+    """What the run of ``config`` will allocate, known before anything of its size is built.
+
+    The model's engine at the training batch size (graph, plan and
+    buffers: :meth:`tpgraph.SRN.estimate_memory`), the buffers of the
+    validation passes (several validation batches per pass), and the
+    validation set (kept as drawn and grouped into passes).
+    """
+    task = task or build_task(config)
+    model = model or build_model(config, task)
+    p = config.protocol
+    L, B = task.length, p.batch_size
+    wide = _group_factor(p.val_batches) * B
+    train = model.estimate_memory(L, B)
+    val = model.estimate_memory(L, wide) if wide != B else MemoryEstimate()
+    real_in = getattr(task, "input_kind", "index") != "index"
+    real_out = getattr(task, "output_kind", "class") == "regression"
+    per_seq_in = L * (task.n_in if real_in else 1) * 8
+    per_seq_out = getattr(task, "label_length", L) * (task.n_out if real_out else 1) * 8
+    data: dict[str, int] = {}
+    for real, per_seq in ((real_in, per_seq_in), (real_out, per_seq_out)):
+        key = "float64" if real else "int64"
+        # the validation set as drawn and grouped into passes, and one training batch
+        data[key] = data.get(key, 0) + (2 * p.val_batches + 1) * B * per_seq
+    return train + MemoryEstimate(val.buffers) + MemoryEstimate(data)
+
+
+def check_run_memory(config: Config, task: Task | None = None, model: SRN | None = None) -> MemoryEstimate:
+    """Refuse the run of ``config`` (:class:`~tpgraph.errors.MemoryLimitError`) if it would exceed the memory limit.
+
+    Called by :class:`Trainer` before it builds anything of the run's size, and
+    by studies for every group before the first trial.
+    """
+    task = task or build_task(config)
+    model = model or build_model(config, task)
+    p = config.protocol
+    estimate = estimate_run_memory(config, task, model)
+    check_memory(estimate, f"the run ({task.name}, {config.method.name}) at length {task.length}, batch size "
+                 f"{p.batch_size}, {p.val_batches} validation batches", p.memory_limit,
+                 hint="Use shorter sequences, a smaller batch or fewer validation batches.")
+    return estimate
+
+
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """Trains one SRN on one task with the paper's protocol, writing a run folder.
@@ -231,9 +275,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         p = config.protocol
         # refuse a run that cannot fit before building anything of its size (seconds per 10^4 steps)
-        check_memory(self.estimate_memory(), f"the run ({self.task.name}, {config.method.name}) at length "
-                     f"{self.task.length}, batch size {p.batch_size}, {p.val_batches} validation batches",
-                     p.memory_limit, hint="Use shorter sequences, a smaller batch or fewer validation batches.")
+        check_run_memory(config, self.task, self.model)
         hooks = self._hooks("on_compile")
         progress = (lambda stage, done, total: [fn(self, stage, done, total) for fn in hooks]) if hooks else None
         self.engine = self.model.engine(self.task.length, p.batch_size, progress=progress)
@@ -269,28 +311,8 @@ class Trainer:
                     "Rerun it with: tpgraph train " + str(self.files.config))))
 
     def estimate_memory(self) -> MemoryEstimate:
-        """What this run will allocate, known before anything of its size is built.
-
-        The model's engine at the training batch size (graph, plan and
-        buffers: :meth:`tpgraph.SRN.estimate_memory`), the buffers of the
-        validation passes (several validation batches per pass), and the
-        validation set (kept as drawn and grouped into passes).
-        """
-        p, task = self.config.protocol, self.task
-        L, B = task.length, p.batch_size
-        wide = _group_factor(p.val_batches) * B
-        train = self.model.estimate_memory(L, B)
-        val = self.model.estimate_memory(L, wide) if wide != B else MemoryEstimate()
-        real_in = getattr(task, "input_kind", "index") != "index"
-        real_out = getattr(task, "output_kind", "class") == "regression"
-        per_seq_in = L * (task.n_in if real_in else 1) * 8
-        per_seq_out = getattr(task, "label_length", L) * (task.n_out if real_out else 1) * 8
-        data: dict[str, int] = {}
-        for real, per_seq in ((real_in, per_seq_in), (real_out, per_seq_out)):
-            key = "float64" if real else "int64"
-            # the validation set as drawn and grouped into passes, and one training batch
-            data[key] = data.get(key, 0) + (2 * p.val_batches + 1) * B * per_seq
-        return train + MemoryEstimate(val.buffers) + MemoryEstimate(data)
+        """What this run will allocate, known before anything of its size is built (:func:`estimate_run_memory`)."""
+        return estimate_run_memory(self.config, self.task, self.model)
 
     def __repr__(self):
         return (f"Trainer({self.config.summary_line()}, batch={self.state.batch}, status={self.state.status!r}, "
