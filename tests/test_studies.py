@@ -333,7 +333,7 @@ def serial_reference(data: dict, study: Study, folder: Path) -> dict:
 
 
 def test_killed_worker_still_completes_the_study(tmp_path):
-    data = tiny_spec(trials=4, seeds=1, n_batches=6000)
+    data = tiny_spec(trials=4, seeds=1, n_batches=3000)
     study = Study(parse_spec(copy.deepcopy(data)), tmp_path / "study")
     executor = make_executor(None, workers=2)
     errors = []
@@ -344,23 +344,28 @@ def test_killed_worker_still_completes_the_study(tmp_path):
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
+    pids = executor.client.run(os.getpid)  # worker address -> process id
     thread = threading.Thread(target=run)
     thread.start()
     killed = None
     try:
         deadline = time.time() + 240
         while killed is None:
-            for (name, number), t in _states(study.folder).items():
-                # a trial that has run for a while (its first checkpoint is on disk) but is far from its end
-                dirs, worker = t.user_attrs.get("run_dirs"), t.user_attrs.get("worker")
-                reported = max(t.intermediate_values, default=0)
-                if (t.state == TrialState.RUNNING and worker and dirs and 40 <= reported <= 3000
-                        and (Path(dirs[0]) / "checkpoint" / "checkpoint.json").exists()):
-                    os.kill(worker["pid"], signal.SIGKILL)
-                    killed = number
+            # a trial that a worker is processing and that has written its first checkpoint but not finished
+            for address, keys in executor.client.processing().items():
+                for key in keys:
+                    number = int(str(key).split("-")[2])
+                    run_dir = study.folder / "trials" / "all" / f"trial-{number:04d}" / "seed-0"
+                    summary = run_dir / "summary.json"
+                    if ((run_dir / "checkpoint" / "checkpoint.json").exists() and summary.exists()
+                            and json.loads(summary.read_text())["status"] == "running"):
+                        os.kill(pids[address], signal.SIGKILL)
+                        killed = number
+                        break
+                if killed is not None:
                     break
             assert time.time() < deadline and thread.is_alive(), "no running trial to kill"
-            time.sleep(0.05)
+            time.sleep(0.01)
         thread.join(timeout=300)
     finally:
         executor.close()
