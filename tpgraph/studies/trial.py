@@ -10,7 +10,8 @@ resolved run config and run folder per seed) and
    trial whose worker died continues where its last checkpoint left it);
 2. reports the validation curve to the Optuna trial at step
    ``seed_index * (n_batches + 1) + batch`` and stops the run when the pruner says so;
-3. records each seed's value, status, run folder and cost as user attributes
+3. records each seed's value (``seed_values``, ``seeds``), its run folder (``run_dirs``), the worker
+   (``worker``) and the runs' statuses and cost (``runs``) as user attributes
    and *tells* the storage the result itself, so that a finished result is in
    the database the moment it exists, whatever happens to the client later.
 
@@ -173,10 +174,11 @@ def run_trial(job: TrialJob) -> dict:
         def on_validation(self, trainer, row):
             step = self.offset + int(row["batch"])
             trial.report(curve_value(objective, trainer.state.rows), step)
-            if step > self.offset and trial.should_prune():
+            if can_prune and step > self.offset and trial.should_prune():
                 self.pruned = True
                 trainer.request_stop(f"pruned at batch {row['batch']}")
 
+    can_prune = name != "none"  # without a pruner the curve is still reported (for the dashboard), never judged
     seed_values, statuses, ms = [], [], []
     pruned = False
     for i, (cfg, run_dir) in enumerate(zip(job.configs, job.run_dirs)):
@@ -199,10 +201,10 @@ def run_trial(job: TrialJob) -> dict:
             break
     trial.set_user_attr("seed_values", seed_values)
     trial.set_user_attr("seeds", list(job.seeds[:len(seed_values)]))
-    trial.set_user_attr("statuses", statuses)
-    trial.set_user_attr("ms_per_batch", [m for m in ms if m is not None])
     seconds = time.perf_counter() - t0
-    trial.set_user_attr("seconds", seconds)
+    # one write for the rest (every attribute is a transaction)
+    trial.set_user_attr("runs", {"statuses": statuses, "ms_per_batch": [m for m in ms if m is not None],
+                                 "seconds": seconds})
     value = aggregate(seed_values, job.aggregate)
     if pruned:
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
