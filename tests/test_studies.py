@@ -162,6 +162,13 @@ def test_serial_study_records_everything(serial_values):
     rep = write_report(study)
     assert {p.name for p in rep["files"]} >= {"best.csv", "best.md", "name-tp_objective.png", "name-tp_curves.png"}
     assert "best_val_loss" in (folder / "report" / "best.md").read_text()
+    from tpgraph.studies.report import trial_table
+    rows = trial_table(study)  # every finished trial, with its spread over the seeds
+    assert len(rows) == 4 and {r["method.name"] for r in rows} == {"tp", "bptt"}
+    assert sorted(r["best_val_loss"] for r in rows) == sorted(values.values())
+    for r in rows:
+        assert r["sd"] is not None and r["sd"] >= 0 and len(r["seed_values"].split()) == 2
+    assert len((folder / "report" / "trials.csv").read_text().splitlines()) == 5
 
 
 def test_local_cluster_gives_the_serial_values(serial_values, tmp_path):
@@ -500,3 +507,11 @@ def test_a_study_too_large_for_the_memory_limit_is_refused_before_any_trial(tmp_
         parse_spec(data)
     data["space"]["model.n_hidden"]["high"] = 16
     assert parse_spec(data).trials == 2  # the small study fits
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples" / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_example_specs_are_valid(path):
+    from tpgraph.studies import load_spec
+
+    spec = load_spec(path)
+    assert spec.trials >= 1 and spec.group_values()

@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study folder (default studies/NAME; an existing one with the same spec is resumed)")
     _add_cluster_options(p)
     p.add_argument("--top", type=_positive_int, default=3, help="report: validation curves of this many best trials")
+    p.add_argument("--all", action="store_true", dest="all_trials",
+                   help="report: print every finished trial, not only the best of each group")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
 
     p = sub.add_parser("reproduce", help="reproduce the paper's Table 1 (copy memory) or Table 2 (sequence "
@@ -539,6 +541,10 @@ def cmd_sweep(args) -> int:
         study = Study.open(what[1])
         if what[0] == "report":
             rep = write_report(study, top=args.top)
+            if args.all_trials:
+                from .studies.report import trial_table
+                print(format_table(trial_table(study)))
+                print()
             print(format_table(rep["rows"]))
             print(f"report: {study.folder / 'report'} ({len(rep['files'])} files)")
             return EXIT_OK

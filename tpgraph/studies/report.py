@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 from .runner import Study, fmt_value
 
-__all__ = ["study_table", "write_report", "format_table", "edge_warnings"]
+__all__ = ["study_table", "trial_table", "write_report", "format_table", "edge_warnings"]
 
 
 def study_table(study: Study) -> list[dict]:
@@ -33,6 +34,27 @@ def study_table(study: Study) -> list[dict]:
             row[p.key] = (g.get("best_params") or {}).get(p.key)
         row["at_edge"] = ", ".join(edge_warnings(study, g))
         rows.append(row)
+    return rows
+
+
+def trial_table(study: Study) -> list[dict]:
+    """One row per finished trial of every group: its parameters, value, spread over seeds, state.
+
+    For comparisons (a grid over ``method.merge``, say) where every trial is a
+    result, not only the best one.
+    """
+    from optuna.trial import TrialState
+
+    rows = []
+    for g in study.optuna_studies():
+        for t in g.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            vals = [v for v in (t.user_attrs.get("seed_values") or []) if v is not None]
+            row: dict[str, Any] = {**g.values, "trial": t.number, **{k: v for k, v in t.params.items()}}
+            row[study.spec.objective.name] = t.value
+            row["sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+            row["seed_values"] = " ".join(fmt_value(v) for v in vals)
+            row["state"] = t.state.name.lower()
+            rows.append(row)
     return rows
 
 
@@ -90,7 +112,9 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def write_report(study: Study, out: str | Path | None = None, top: int = 3) -> dict:
-    """Write ``best.csv``, ``best.md`` and the plots into ``out`` (default ``STUDY/report``).
+    """Write ``best.csv``, ``best.md``, ``trials.csv`` (every finished trial) and the plots into ``out``.
+
+    ``out`` defaults to ``STUDY/report``.
 
     Plots per group: the objective against each searched parameter (log axes
     where searched log; pruned trials at their last reported value, hollow),
@@ -102,8 +126,9 @@ def write_report(study: Study, out: str | Path | None = None, top: int = 3) -> d
     out = Path(out) if out is not None else study.folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = study_table(study)
-    files = [out / "best.csv", out / "best.md"]
+    files = [out / "best.csv", out / "best.md", out / "trials.csv"]
     atomic_write_text(files[0], _csv_text(rows))
+    atomic_write_text(files[2], _csv_text(trial_table(study)))
     header = (f"# Study {study.spec.name}\n\nObjective: {study.spec.objective.name} "
               f"({study.spec.objective.direction}), {study.spec.aggregate} over seeds {list(study.spec.seeds)}; "
               f"{study.spec.trials} trials per group, sampler {study.spec.sampler}, pruner {study.spec.pruner_name}."
