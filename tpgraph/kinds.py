@@ -26,6 +26,8 @@ Every array operation is a NumPy BLAS call or a kernel of
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from .errors import GraphError
@@ -238,7 +240,7 @@ class AddRunner(DataRunner):
                 eng.deliver(st, slot, sb)
 
 
-class ElementwiseRunner(DataRunner):
+class ElementwiseRunner(DataRunner, abc.ABC):
     """Parameter-free elementwise kinds: forward, and per credit edge its local JVP or exact inverse.
 
     A subclass writes :meth:`compute` (the values ``h`` from the inputs'
@@ -265,11 +267,13 @@ class ElementwiseRunner(DataRunner):
                 self.jvp(eng, st, b, slot, sb)
             eng.deliver(st, slot, sb)
 
+    @abc.abstractmethod
     def compute(self, eng, st, b):
-        raise NotImplementedError
+        """Write the stack's forward values (each elementwise kind's own kernel)."""
 
+    @abc.abstractmethod
     def jvp(self, eng, st, b, slot, sb):
-        raise NotImplementedError
+        """Write the proposal of a ``gradient`` edge into ``sb`` (each kind's local Jacobian-vector product)."""
 
     def inverse(self, eng, st, b, slot, sb, difference):
         raise GraphError(f"{st.kind} node {st.members[0]!r} has no inverse")  # refused by validation first
