@@ -510,7 +510,7 @@ def run_long(args, command):
                           for L, runs in by_len.items() if all("compile_s" in o for o in runs)}
                      for m_, by_len in compile_runs.items()}
 
-    steps, keys = {}, {}
+    steps = {}
     for L in STEP_LENGTHS:
         rng = np.random.default_rng(L)
         x = rng.integers(0, N_IN, (L, B)).astype(np.int64)
@@ -562,19 +562,7 @@ def run_long(args, command):
         "engine_blas": {}, "fused_variants": {},
     }
     result["bench_wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    text = report_long(result)
-    print(text)
-    log(f"[bench] wrote {out} ({result['bench_wall_s']:.0f} s)")
-    if args.markdown:
-        md = Path(args.markdown)
-        md.parent.mkdir(parents=True, exist_ok=True)
-        shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
-        md.write_text(markdown_header(result, command, shown) + "\n" + text + "\n")
-        log(f"[bench] wrote {md}")
-    return result
+    return write_outputs(result, report_long(result), args, command)
 
 
 def report_long(r):
@@ -606,7 +594,7 @@ def report_long(r):
               "### One training step (forward + credit + Adam), ms per batch, interleaved", "",
               "| method | L=1000 | L=4000 | L4000 / L1000 (linear: 4.0) | ms per step of the sequence, L=1000 / 4000 |",
               "|---|---|---|---|---|"]
-    sm, smin = r["step_ms_median"], r["step_ms_min"]
+    sm = r["step_ms_median"]
     for m_ in ("tp", "bptt"):
         a, b = sm.get(f"engine_{m_}_L1000"), sm.get(f"engine_{m_}_L4000")
         rat = r["step_ratios"][m_]
@@ -905,10 +893,14 @@ def main(argv=None):
         "bench_wall_s": None,
     }
     result["bench_wall_s"] = time.perf_counter() - t_start
+    return write_outputs(result, report(result), args, command)
+
+
+def write_outputs(result, text, args, command):
+    """The JSON (``--out``), the report on stdout and, with ``--markdown``, the report under its header."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))
-    text = report(result)
     print(text)
     log(f"[bench] wrote {out} ({result['bench_wall_s']:.0f} s)")
     if args.markdown:

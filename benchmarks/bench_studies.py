@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -116,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "studies.json"))
     args = ap.parse_args(argv)
 
+    from tpgraph.provenance import machine
     from tpgraph.studies import SerialExecutor, make_executor, parse_spec
     from tpgraph.train import Trainer
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     per_hour = {k: 3600 * args.trials / v for k, v in times.items()}
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor()} ({os.cpu_count()} cores)",
+        "machine": machine(),
         "command": "python benchmarks/bench_studies.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "trials": args.trials, "batches": args.batches, "seconds": times,
         "fixed_s_per_session": fixed, "cluster_start_s": start,

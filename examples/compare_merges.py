@@ -162,14 +162,9 @@ def provenance(commands: list, wall_s: float) -> str:
                                 cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = "?"
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from tpgraph.provenance import cpu_model
+
+    cpu = cpu_model()
     made = " and ".join(f"`python examples/compare_merges.py {' '.join(argv)}`" for argv in commands)
     parallel = " (side by side, one process per task)" if len(commands) > 1 else ""
     return (f"Made with {made}{parallel} on "

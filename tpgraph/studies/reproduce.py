@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..provenance import machine
 from .runner import Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
@@ -312,7 +313,7 @@ def reproduce(name: str, folder: str | Path, budget: Budget, *, scheduler: str |
     from datetime import date
 
     meta = {"command": command or f"tpgraph reproduce {name} --budget {budget.name}",
-            "machine": _machine(),
+            "machine": machine(),
             "date": date.today().isoformat(), "wall": _duration(wall), "space": space}
     from ..train.records import atomic_write_json, atomic_write_text
 
@@ -341,22 +342,6 @@ def _plots(name: str, rows, final: Study, folder: Path, values) -> dict:
     return {"loss": plot_loss(runs, folder / f"{name}_loss_T{T}.png", title=f"{name}: {label} {T}, first seed"),
             "spectral": plot_spectral_radius(runs, folder / f"{name}_spectral_T{T}.png",
                                              title=f"{name}: {label} {T}, first seed")}
-
-
-def _machine() -> str:
-    """The CPU model and core count (``/proc/cpuinfo`` where there is one)."""
-    import os
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def _span(*studies: Study) -> float:
