@@ -7,17 +7,7 @@ import pytest
 
 import tpgraph as tp
 from tpgraph.alignment import alignment, angle, reference_engine
-
-
-def mlp(rules, dtype="float64"):
-    g = tp.Graph("mlp", dtype=dtype)
-    g.input("x", 4)
-    g.index_input("label", 3)
-    g.dense("h1", ["x"], 5, act="tanh", weights=["W1"], bias="b1")
-    g.dense("h2", ["h1"], 6, act="tanh", weights=["W2"], bias="b2", rules=[rules[0]])
-    g.softmax_output("y", ["h2"], 3, weights=["W3"], bias="b3", rules=[rules[1]])
-    g.cross_entropy("loss", "y", "label")
-    return g
+from test_rules import mlp  # the same small two-layer graph the rule tests use
 
 
 def batch(B=8, seed=0):
