@@ -92,6 +92,17 @@ Budgets: full (50 trials x 25000 batches, 3 seeds x 25000), medium (20 x 8000,
 the same command resumes it.
 """
 
+_RESEARCH_EXAMPLES = """\
+examples:
+  tpgraph research list                                    the variants and what each overrides
+  tpgraph research run baseline bptt truncate_10           search + final seeds, both tasks
+  tpgraph research run analytic --task copy_memory --only 50
+  tpgraph research table                                   docs/results/research.md and research.csv
+
+Tasks and lengths: sequence expansion T = 30, 40; copy memory delays 50, 100, 200.
+Every variant gets the same search budget as its baselines. Rerunning resumes.
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line ``tpgraph: error: ...`` and exit status 2."""
@@ -288,6 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", action="append", default=[], metavar="KEY=LOW:HIGH", dest="ranges",
                    help="replace a searched range, e.g. --range optimizer.lr_y=1e-4:1 (repeatable)")
     p.add_argument("--out", metavar="DIR", default=None, help="the reproduction folder (default studies/TABLE-BUDGET)")
+    _add_cluster_options(p)
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+
+    p = sub.add_parser("research", help="compare TP variants (truncation, analytic inverse, inverse training, "
+                       "stability remedies) with their baselines, each searched with the same budget",
+                       epilog=_RESEARCH_EXAMPLES, formatter_class=fmt,
+                       description="run: for each variant and task, a TPE search per length, then the best "
+                                   "configuration re-run with fresh seeds. table: collect every finished variant "
+                                   "into research.csv and the table section of research.md.")
+    p.add_argument("action", choices=("run", "table", "list"), help="run variants, write the table, or list variants")
+    p.add_argument("variants", nargs="*", metavar="VARIANT", help="run: the variants (see 'tpgraph research list')")
+    p.add_argument("--task", action="append", default=None, dest="tasks", choices=("sequence_expansion", "copy_memory"),
+                   help="run: only this task (repeatable; default both)")
+    p.add_argument("--only", type=_positive_int, action="append", default=None, metavar="T",
+                   help="run: only this delay or length (repeatable)")
+    p.add_argument("--budget", default="research", choices=("research", "smoke"),
+                   help="how much work per cell (default research: 8 TPE trials of 3000 batches, then 3 seeds of 6000)")
+    p.add_argument("--folder", metavar="DIR", default="studies/research", help="where the studies go "
+                   "(default studies/research; rerunning resumes)")
+    p.add_argument("--out", metavar="DIR", default="docs/results", help="table: where research.md/csv go")
     _add_cluster_options(p)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     return parser
@@ -593,8 +624,39 @@ def cmd_reproduce(args) -> int:
     return EXIT_OK
 
 
+def cmd_research(args) -> int:
+    from .studies.research import RESEARCH_BUDGETS, TASKS, VARIANTS, run_variant, write_table
+
+    budget = RESEARCH_BUDGETS[args.budget]
+    if args.action == "list":
+        for v in VARIANTS.values():
+            keys = ", ".join(f"{k}={val!r}" for k, val in v.overrides.items()) or "-"
+            print(f"{v.name:18s} {v.method:5s} {keys:55s} {v.description}")
+        return EXIT_OK
+    if args.action == "table":
+        command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["research"] else ""
+        res = write_table(args.folder, args.out, budget, command=command)
+        print(f"{len(res['rows'])} rows; files: " + ", ".join(str(p) for p in res["files"].values()))
+        return EXIT_OK
+    if not args.variants:
+        raise _UsageError("research run: name the variants to run (see 'tpgraph research list')")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise _UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    for v in args.variants:
+        for task in args.tasks or list(TASKS):
+            values = tuple(t for t in TASKS[task].values if not args.only or t in args.only)
+            if not values:
+                continue
+            res = run_variant(v, task, args.folder, budget, values=values, scheduler=args.scheduler,
+                              workers=args.workers, progress=_study_progress(args),
+                              say=lambda line: print(line, file=sys.stderr))
+            print(f"{v} / {task}: done in {res['wall_s']:.0f} s ({res['folder']})", file=sys.stderr)
+    return EXIT_OK
+
+
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "plot": cmd_plot, "config": cmd_config,
-            "sweep": cmd_sweep, "reproduce": cmd_reproduce}
+            "sweep": cmd_sweep, "reproduce": cmd_reproduce, "research": cmd_research}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

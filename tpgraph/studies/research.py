@@ -1,0 +1,319 @@
+"""Research comparisons: variants of target propagation against their baselines, searched alike.
+
+A *variant* is a method (``tp`` or ``bptt``) and a set of configuration
+overrides (``method.truncate = 10``, ``method.inverse = "analytic"``, ...),
+with a name. A *cell* is a task at one length (copy memory at delay 50,
+sequence expansion at length 30, ...). For every variant and task, exactly
+as :mod:`tpgraph.studies.reproduce` does for the paper's tables:
+
+1. **search**: one study grouped by the task's length key, the same budget
+   for every variant and cell: TPE over the learning rates (and TP's
+   ``lr_g`` and ``alpha``, plus any keys the variant adds), median pruner,
+   objective the best validation loss;
+2. **final**: the best configuration of each cell re-run with fresh seeds
+   (1001, 1002, ...);
+3. **table**: one row per task, T, method and variant with the means over
+   the seeds of the best and final validation loss and whole-sequence
+   accuracy, the memoryless baseline and the cost per batch, written as
+   ``research.csv`` and as the table section of ``research.md`` (the rest of
+   ``research.md``, the written reading, is kept when the table is rewritten).
+
+Every variant's folder is ``FOLDER/VARIANT/TASK/{search,final}``; rerunning
+a command resumes it, and ``table`` collects whatever has finished.
+
+>>> sorted(VARIANTS)[:3]
+['analytic', 'bptt', 'drl']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError
+from ..provenance import machine
+from .reproduce import SEARCH_SPACE, Budget, _duration, _span
+from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
+from .spec import parse_spec
+
+__all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "run_variant", "write_table",
+           "CSV_COLUMNS"]
+
+#: The columns of ``research.csv`` (accuracies in percent, means over the final seeds).
+CSV_COLUMNS = ("task", "T", "method", "variant", "seeds", "best_val_loss", "best_val_accuracy", "final_val_loss",
+               "final_val_accuracy", "baseline_loss", "ms_per_batch")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named method and configuration overrides (dotted keys), plus keys it adds to the search."""
+
+    name: str
+    method: str
+    overrides: dict = field(default_factory=dict)
+    description: str = ""
+    space: dict = field(default_factory=dict)
+
+    def base(self) -> dict:
+        """The overrides as nested config sections (``{"method": {"truncate": 10}}``)."""
+        out: dict = {"method": {"name": self.method}}
+        for key, value in self.overrides.items():
+            section, _, name = key.partition(".")
+            out.setdefault(section, {})[name] = value
+        return out
+
+
+def _variants(*vs: Variant) -> dict[str, Variant]:
+    return {v.name: v for v in vs}
+
+
+#: The registered variants. ``baseline`` is the paper's TP (dtp, the learned inverse, the linear merge).
+VARIANTS: dict[str, Variant] = _variants(
+    Variant("baseline", "tp", {}, "the paper's TP: dtp through the learned inverse, linear merge"),
+    Variant("bptt", "bptt", {}, "backpropagation through time on the same graph (Adam, no clipping)"),
+    Variant("truncate_10", "tp", {"method.truncate": 10}, "truncated TP: the target chain cut every 10 steps"),
+    Variant("truncate_25", "tp", {"method.truncate": 25}, "truncated TP: the target chain cut every 25 steps"),
+    Variant("bptt_truncate_25", "bptt", {"method.truncate": 25}, "truncated BPTT: cut every 25 steps"),
+    Variant("analytic", "tp", {"method.inverse": "analytic"},
+            "dtp through the analytic regularised inverse of the tanh layer (no trained inverse)"),
+    Variant("noise_0.1", "tp", {"method.noise_sigma": 0.1}, "denoising noise sigma 0.1 on h_{t-1}"),
+    Variant("noise_0.3", "tp", {"method.noise_sigma": 0.3}, "denoising noise sigma 0.3 on h_{t-1}"),
+    Variant("drl", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "difference"},
+            "the difference reconstruction loss (Meulemans et al. 2020) for the inverse, sigma 0.1"),
+    Variant("inverse_steps_3", "tp", {"protocol.inverse_steps": 3}, "three inverse updates per forward update"),
+    Variant("rollback", "tp", {"protocol.rollback": 10.0},
+            "inverse-loss monitoring with rollback to the last healthy point (factor 10, lr halved)"),
+    Variant("spectral_1.5", "tp", {"protocol.spectral_limit": 1.5},
+            "spectral radius of W_h and V_h kept at most 1.5"),
+    Variant("lr_warmup", "tp", {"protocol.lr_warmup": 1000}, "forward learning rates ramped up over 1000 batches"),
+)
+
+
+@dataclass(frozen=True)
+class TaskCells:
+    task: str
+    key: str
+    values: tuple[int, ...]
+
+
+#: The tasks and lengths of the comparison (issue 11): beyond the paper's Table 1 and at Table 2's failures.
+TASKS: dict[str, TaskCells] = {
+    "sequence_expansion": TaskCells("sequence_expansion", "task.length", (30, 40)),
+    "copy_memory": TaskCells("copy_memory", "task.delay", (50, 100, 200)),
+}
+
+#: Budgets of the comparison; the same for every variant and its baselines.
+RESEARCH_BUDGETS: dict[str, Budget] = {
+    "research": Budget("research", trials=8, batches=3000, val_batches=50, final_batches=6000,
+                       final_val_batches=100, final_seeds=3, warmup=400, val_every=250),
+    "smoke": Budget("smoke", trials=2, batches=40, val_batches=2, final_batches=40, final_val_batches=2,
+                    final_seeds=2, warmup=10, val_every=20),
+}
+
+
+def _space(variant: Variant) -> dict:
+    space = {k: dict(v) for k, v in SEARCH_SPACE.items()}
+    if variant.method != "tp":  # keys only TP has are left out (their ``when`` would never hold)
+        space = {k: v for k, v in space.items() if "when" not in v}
+    for k, v in space.items():
+        v.pop("when", None)
+    space.update({k: dict(v) for k, v in variant.space.items()})
+    return space
+
+
+def _spec(variant: Variant, cells: TaskCells, budget: Budget, stage: str, values) -> dict:
+    search = stage == "search"
+    batches = budget.batches if search else budget.final_batches
+    base = {"task": {"name": cells.task}, "model": {"n_hidden": 128},
+            "protocol": {"n_batches": batches, "val_batches": budget.val_batches if search else budget.final_val_batches,
+                         "val_every": budget.val_every, "warmup": min(budget.warmup, batches // 2)},
+            "optimizer": {"name": "adam"}, "output": {"checkpoint_every": max(budget.val_every, batches // 10)}}
+    for section, keys in variant.base().items():
+        base.setdefault(section, {}).update(keys)
+    if cells.key == "task.length":
+        base["task"]["length"] = values[0]
+    study = {"name": f"{variant.name}-{cells.task}-{stage}", "description": budget.describe(),
+             "objective": "best_val_loss"}
+    if search:
+        study.update(trials=budget.trials, seeds=[0], sampler="tpe", sampler_seed=0, pruner="median")
+    else:
+        study.update(trials=1, seeds=[1001 + i for i in range(budget.final_seeds)], sampler="random", pruner="none")
+    return {"study": study, "base": base, "space": _space(variant), "groups": {cells.key: list(values)}}
+
+
+def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: Budget, *,
+                values: tuple[int, ...] | None = None, scheduler: str | None = None, workers: int | None = None,
+                progress: str = "off", say: Callable[[str], None] = print) -> dict:
+    """Search, then re-run the best configuration with fresh seeds, for one variant on one task."""
+    v = VARIANTS.get(variant) if isinstance(variant, str) else variant
+    if v is None:
+        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if task not in TASKS:
+        raise ConfigError(f"unknown research task {task!r}; known: {', '.join(TASKS)}")
+    cells = TASKS[task]
+    values = tuple(values or cells.values)
+    root = Path(folder) / v.name / task
+    sspec = parse_spec(_spec(v, cells, budget, "search", values))  # errors name their key before any trial
+    fspec = parse_spec(_spec(v, cells, budget, "final", values))
+    search, final = Study(sspec, root / "search"), Study(fspec, root / "final")
+    executor = make_executor(scheduler, workers)
+    t0 = time.perf_counter()
+    try:
+        say(f"{v.name} / {task} {cells.key} {list(values)}: search ({budget.describe()})")
+        search.run(executor, progress=StudyProgress(progress))
+        best = {tuple(sorted(g["group"].items())): g.get("best_params") for g in search.result().groups}
+        for g in final.optuna_studies():
+            params = best.get(tuple(sorted(g.values.items())))
+            if params is None:
+                raise ConfigError(f"{v.name} / {task}: the search found no complete trial for {g.values}")
+            if not g.study.get_trials(deepcopy=False):
+                g.study.enqueue_trial(params)
+        say(f"{v.name} / {task}: final runs of the best configurations")
+        final.run(executor, progress=StudyProgress(progress))
+    finally:
+        executor.close()
+    return {"variant": v.name, "task": task, "wall_s": max(time.perf_counter() - t0, _span(search, final)),
+            "folder": root}
+
+
+def _summaries(run_dirs) -> list[dict]:
+    from ..train.records import read_summary
+
+    out = []
+    for d in run_dirs or []:
+        p = Path(d) / "summary.json"
+        if p.exists():
+            out.append(read_summary(p))
+    return out
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _sd(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def research_rows(folder: str | Path) -> list[dict]:
+    """One row per task, T, method and variant from every finished final study under ``folder``."""
+    folder = Path(folder)
+    rows = []
+    for vname, v in VARIANTS.items():
+        for task, cells in TASKS.items():
+            root = folder / vname / task
+            if not (root / "final" / SPEC_FILE).exists():
+                continue
+            final = Study.open(root / "final")
+            for g in final.optuna_studies():
+                T = g.values[cells.key]
+                trials = [t for t in g.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+                sums = _summaries(trials[0].user_attrs.get("run_dirs") if trials else None)
+                if not sums:
+                    continue
+
+                def pick(section, key, scale=1.0):
+                    return [None if (s.get(section) or {}).get(key) is None else s[section][key] * scale
+                            for s in sums]
+
+                row = {"task": task, "T": T, "method": v.method, "variant": vname, "seeds": len(sums),
+                       "best_val_loss": _mean(pick("best", "val_loss")),
+                       "best_val_accuracy": _mean(pick("best", "seq_acc", 100.0)),
+                       "final_val_loss": _mean(pick("final", "val_loss")),
+                       "final_val_accuracy": _mean(pick("final", "seq_acc", 100.0)),
+                       "baseline_loss": sums[0].get("baseline_loss"),
+                       "ms_per_batch": _mean([s.get("ms_per_batch") for s in sums]),
+                       "best_val_accuracy_sd": _sd(pick("best", "seq_acc", 100.0)),
+                       "final_val_accuracy_sd": _sd(pick("final", "seq_acc", 100.0)),
+                       "per_seed_final_accuracy": [None if x is None else round(x, 2)
+                                                   for x in pick("final", "seq_acc", 100.0)],
+                       "statuses": ",".join(s.get("status", "?") for s in sums),
+                       "params": trials[0].params if trials else {},
+                       "description": v.description}
+                rows.append(row)
+    order = {n: i for i, n in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([("" if r[c] is None or (isinstance(r[c], float) and math.isnan(r[c])) else
+                     (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _acc(mean, sd) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    return f"{mean:.1f}% ± {sd:.1f}" if sd else f"{mean:.1f}%"
+
+
+START, END = "<!-- research-table:start -->", "<!-- research-table:end -->"
+
+
+def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
+    lines = [START, "",
+             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}. "
+             f"{budget.describe().capitalize()}. Accuracy: the percentage of validation sequences right at every "
+             "position, mean ± standard deviation over the final seeds; *best* is a run's best validation point, "
+             "*final* its last. Per-seed final accuracies in brackets.", ""]
+    for task in TASKS:
+        trs = [r for r in rows if r["task"] == task]
+        if not trs:
+            continue
+        label = "delay" if TASKS[task].key == "task.delay" else "length"
+        lines += [f"### {task.replace('_', ' ')}", "",
+                  f"| {label} T | variant | method | best val loss | best accuracy | final val loss | "
+                  f"final accuracy (per seed) | baseline | ms/batch | lr_f | lr_y | lr_g | alpha |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in trs:
+            p = r["params"]
+            seeds = ", ".join("-" if x is None else f"{x:g}" for x in r["per_seed_final_accuracy"])
+            lines.append(
+                f"| {r['T']} | {r['variant']} | {r['method']} | {fmt_value(r['best_val_loss'])} | "
+                f"{_acc(r['best_val_accuracy'], r['best_val_accuracy_sd'])} | {fmt_value(r['final_val_loss'])} | "
+                f"{_acc(r['final_val_accuracy'], r['final_val_accuracy_sd'])} ({seeds}) | "
+                f"{fmt_value(r['baseline_loss'])} | {fmt_value(r['ms_per_batch'])} | "
+                f"{fmt_value(p.get('optimizer.lr_f'))} | {fmt_value(p.get('optimizer.lr_y'))} | "
+                f"{fmt_value(p.get('optimizer.lr_g'))} | {fmt_value(p.get('method.alpha'))} |")
+        lines.append("")
+    lines += ["Variants: " + "; ".join(f"`{v.name}`: {v.description}" for v in VARIANTS.values()
+                                       if any(r["variant"] == v.name for r in rows)) + ".", "", END]
+    return "\n".join(lines)
+
+
+def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, command: str = "") -> dict:
+    """Write ``research.csv`` and the table section of ``research.md`` in ``out_dir`` from ``folder``."""
+    from ..train.records import atomic_write_json, atomic_write_text
+
+    rows = research_rows(folder)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command or f"tpgraph research table {folder}", "machine": machine(),
+            "date": date.today().isoformat()}
+    table = table_markdown(rows, budget, meta)
+    md = out_dir / "research.md"
+    text = md.read_text() if md.exists() else "# Research: variants of target propagation\n\n" + START + "\n" + END + "\n"
+    if START in text and END in text:
+        text = text[:text.index(START)] + table + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + table + "\n"
+    atomic_write_text(md, text)
+    atomic_write_text(out_dir / "research.csv", _csv(rows))
+    atomic_write_json(out_dir / "research.json", {"meta": meta, "budget": asdict(budget), "rows": rows})
+    return {"rows": rows, "files": {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}}
+
+
