@@ -31,7 +31,7 @@ class SlotBuffers:
     """Arrays of one input slot of a stack."""
 
     __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
-                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "ready")
+                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready")
 
     def __init__(self):
         for name in self.__slots__:
@@ -114,6 +114,9 @@ class StackBuffers:
                     sb.fn, sb.fn2 = _pair((m, B, n), dtype)
                     sb.gn, sb.gn2 = _pair((m, B, ns), dtype)
                     sb.aj, sb.aj2 = _pair((m, B, n), dtype)
+                    if slot.inverse.loss == "difference":
+                        # the difference loss's gradient at the clean pre-activation (g(f(h_u)))
+                        sb.dgf, sb.dgf2 = _pair((m, B, ns), dtype)
             self.slots.append(sb)
 
 
@@ -187,4 +190,6 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn
                     add(real, 2, m, B, n)  # fn, aj
+                    if slot.inverse.loss == "difference":
+                        add(real, m, B, ns)  # dgf
     return {k: v for k, v in out.items() if v}

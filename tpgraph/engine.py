@@ -641,8 +641,13 @@ class Engine:
         return out
 
     def reconstruction_losses(self) -> dict:
-        """``1/2 ||g(f(h_u)) - h_u||^2`` of every trained inverse at the last step.
+        """The loss each trained inverse optimised at the last step, summed over the batch.
 
+        For an inverse with ``loss="reconstruction"``: ``1/2 ||g(f(h_u)) -
+        h_u||^2``, or with noise ``1/2 ||g(f(h_u + eps)) - (h_u + eps)||^2``
+        (the corrupted input, as trained); with ``loss="difference"``: ``1/2
+        ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2``. So the two objectives'
+        values are not comparable with each other.
         Keyed by ``(node, input)``: a node may carry inverses for several inputs.
         """
         out = {}

@@ -29,6 +29,7 @@ from .nodes import (
     Elementwise,
     IndexInput,
     Input,
+    INVERSE_LOSSES,
     Inverse,
     MSE,
     Multiply,
@@ -196,13 +197,18 @@ class Graph:
         self.add(MSE(name, (prediction, target), (rule, "none"), reduction=reduction, alpha=alpha))
 
     def add_inverse(self, node: str, of: str, weight: str, bias: str | None = None, act: str = "tanh",
-                    others: str = "forward", noise: float = 0.0, slope: float = 0.01) -> None:
+                    others: str = "forward", noise: float = 0.0, slope: float = 0.01,
+                    loss: str = "reconstruction") -> None:
         """Attach a learned inverse ``g`` of dense ``node`` with respect to its input ``of``.
 
         ``g(h) = act(V h + others + c)`` with ``V`` = group ``weight`` and ``c`` =
         group ``bias``; ``others="forward"`` adds the node's other inputs through
         its forward weights (the paper's ``G``), ``"none"`` leaves them out;
         ``noise`` is the denoising sigma on the input when training ``g``.
+        ``loss`` is the objective that trains ``g``: ``"reconstruction"``
+        (``1/2 ||g(f(h_u + eps)) - (h_u + eps)||^2``) or ``"difference"``
+        (``1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2``, Meulemans et al.
+        2020; needs ``noise > 0``). See :class:`~tpgraph.nodes.Inverse`.
         """
         n = self.node(node)
         if not isinstance(n, Dense):
@@ -219,8 +225,15 @@ class Graph:
             raise GraphError(f"inverse of node {node!r}: slope must be a finite number, got {slope!r}")
         if not isinstance(weight, str) or not weight or (bias is not None and (not isinstance(bias, str) or not bias)):
             raise GraphError(f"inverse of node {node!r}: weight and bias must be group names, got {weight!r}, {bias!r}")
+        if loss not in INVERSE_LOSSES:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: unknown loss {loss!r}; "
+                             f"known: {', '.join(INVERSE_LOSSES)}")
+        if loss == "difference" and noise == 0:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'difference' "
+                             f"(1/2 ||g(f(h + eps)) - g(f(h)) - eps||^2) is identically 0 without noise; "
+                             f"give noise > 0 or use loss 'reconstruction'")
         n.inverses[of] = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise),
-                                 slope=float(slope))
+                                 slope=float(slope), loss=loss)
 
     def set_rule(self, consumer: str, input: str, rule: str) -> None:
         """Change the credit rule of edge ``input -> consumer``."""
@@ -297,7 +310,7 @@ class Graph:
             if not isinstance(invs, Mapping):
                 raise GraphError(f"node {v!r}: attribute 'inverses' must map an input name to an inverse "
                                  f"(a tpgraph.Inverse or a dict of its fields), got {invs!r}")
-            allowed = {"weight", "bias", "act", "others", "noise", "slope"}
+            allowed = {"weight", "bias", "act", "others", "noise", "slope", "loss"}
             for of, inv in invs.items():
                 if isinstance(inv, Inverse):
                     fields = {k: getattr(inv, k) for k in allowed}

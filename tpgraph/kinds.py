@@ -18,7 +18,9 @@ has, side by side:
     and accumulated over all nodes sharing a group;
 ``inverse_grads``
     the reconstruction loss of each inverse and its gradient with respect to
-    the inverse's own groups (``V``, ``c``), with optional denoising noise.
+    the inverse's own groups (``V``, ``c``), with optional denoising noise
+    (or the difference reconstruction loss, for an inverse declared with
+    ``loss="difference"``).
 
 Every array operation is a NumPy BLAS call or a kernel of
 :mod:`tpgraph.kernels`, writing into :mod:`tpgraph.buffers`.
@@ -210,6 +212,9 @@ class DenseRunner:
                 add_bias_activate(sb.fn2, aj2, bias, eng.codes[st.id], node.slope, sb.fn2)
                 np.dot(sb.fn2, eng.wt[inv.weight], out=sb.gn2)
                 add_bias_activate(sb.gn2, sb.og2, eng.zero_src[slot.src_size], gcode, inv.slope, sb.gn2)
+                if inv.loss == "difference":
+                    self._difference_grads(eng, b, inv, sb, gcode)
+                    continue
                 kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
                 eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
             else:
@@ -218,6 +223,25 @@ class DenseRunner:
             if inv.bias:
                 g = eng.grad_target(inv.bias)
                 g += sb.dg2.sum(axis=0)
+
+    @staticmethod
+    def _difference_grads(eng, b, inv, sb, gcode):
+        """The difference reconstruction loss (Meulemans et al. 2020) and its gradient for ``V``, ``c``.
+
+        ``L = 1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2`` with ``eps = noise
+        * sb.noise``, ``sb.gn = g(f(h_u + eps))`` (from ``sb.fn``) and ``sb.gf
+        = g(f(h_u)) = g(h_v)`` already computed. The full gradient: through
+        both terms, ``dV = dgn^T f(h_u + eps) + dgf^T h_v`` and ``dc`` the
+        column sums of ``dgn + dgf``.
+        """
+        kd.difference_residual(sb.gn, sb.gf, sb.noise, sb.noise.dtype.type(inv.noise), gcode, inv.slope,
+                               sb.dg, sb.dgf, sb.recon)
+        eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
+        eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
+        if inv.bias:
+            g = eng.grad_target(inv.bias)
+            g += sb.dg2.sum(axis=0)
+            g += sb.dgf2.sum(axis=0)
 
 
 class AddRunner(DataRunner):

@@ -32,6 +32,8 @@ from .errors import GraphError
 from .kernels.activations import ACTIVATIONS
 from .rules import get_rule
 REDUCTIONS = ("mean", "sum")
+#: Objectives that train a learned inverse (see :class:`Inverse`).
+INVERSE_LOSSES = ("reconstruction", "difference")
 
 
 def _check_name(name, what):
@@ -70,6 +72,21 @@ class Inverse:
     node's other inputs enter through the node's *forward* weights, used but
     not trained by the inverse (the paper's ``G(x_t, h_t)`` uses ``W_xh``);
     with ``others="none"`` they are left out.
+
+    ``loss`` is the objective that trains ``g`` (:data:`INVERSE_LOSSES`), with
+    ``eps ~ N(0, noise^2 I)``:
+
+    ``"reconstruction"`` (the default)
+        ``1/2 ||g(f(h_u + eps)) - (h_u + eps)||^2`` (Lee et al. 2015);
+    ``"difference"``
+        the difference reconstruction loss of Meulemans et al. (2020),
+        ``1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2``: the
+        difference-corrected inverse that ``dtp`` uses,
+        ``h_u + g(h_hat) - g(h)``, should give back the perturbed input. Its
+        gradient flows through both ``g`` terms (no stop-gradient on
+        ``g(f(h_u))``). It needs ``noise > 0`` (with no noise it is 0).
+
+    Both are summed over the batch.
     """
 
     of: str
@@ -79,11 +96,13 @@ class Inverse:
     others: str = "forward"
     noise: float = 0.0
     slope: float = 0.01
+    loss: str = "reconstruction"
 
     def __repr__(self):
+        extra = "" if self.loss == "reconstruction" else f", loss={self.loss!r}"
         return (
             f"Inverse(of={self.of!r}, weight={self.weight!r}, bias={self.bias!r}, "
-            f"act={self.act!r}, others={self.others!r}, noise={self.noise})"
+            f"act={self.act!r}, others={self.others!r}, noise={self.noise}{extra})"
         )
 
 
@@ -226,6 +245,7 @@ class Dense(Node):
             # keyed by input slot, so that the nodes of an unrolled chain compare equal
             s["inverses"] = {
                 self.inputs.index(of): (inv.weight, inv.bias, inv.act, inv.others, inv.noise, inv.slope)
+                + ((inv.loss,) if inv.loss != "reconstruction" else ())
                 for of, inv in sorted(self.inverses.items(), key=lambda kv: self.inputs.index(kv[0]))
                 if of in self.inputs
             }

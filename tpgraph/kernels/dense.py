@@ -189,6 +189,38 @@ def inverse_residual(g, x, code, slope, dg, loss):
 
 
 @kernel
+def difference_residual(gn, gf, noise, sigma, code, slope, dgn, dgf, loss):
+    """Difference reconstruction error of an inverse (Meulemans et al. 2020), member by member.
+
+    ``gn = g(f(x + sigma noise))``, ``gf = g(f(x))``, all ``[m, B, n]``; with
+    ``r = gn - gf - sigma noise``: ``dgn = r * act'(gn)`` and ``dgf = -r *
+    act'(gf)`` (the gradients of ``1/2 ||r||^2`` with respect to the two
+    pre-activations of the inverse) and ``loss[k] = 1/2 ||r[k]||^2`` summed
+    over the batch.
+    """
+    m, rows, cols = gn.shape
+    tanh_like = code == TANH or code == TANH_FAST
+    for k in range(m):
+        acc = 0.0
+        for r in range(rows):
+            if tanh_like:
+                for j in range(cols):
+                    a, c = gn[k, r, j], gf[k, r, j]
+                    e = a - c - sigma * noise[k, r, j]
+                    acc += e * e
+                    dgn[k, r, j] = e - e * a * a
+                    dgf[k, r, j] = e * c * c - e
+            else:
+                for j in range(cols):
+                    a, c = gn[k, r, j], gf[k, r, j]
+                    e = a - c - sigma * noise[k, r, j]
+                    acc += e * e
+                    dgn[k, r, j] = e * deriv_scalar(a, code, slope)
+                    dgf[k, r, j] = -e * deriv_scalar(c, code, slope)
+        loss[k] = 0.5 * acc
+
+
+@kernel
 def sum_squares(d, out):
     """``out[k] = 1/2 ||d[k]||^2`` over a ``[m, B, n]`` block (local losses)."""
     m, rows, cols = d.shape

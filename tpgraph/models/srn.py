@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError, GraphError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
 from ..memory import STRUCTURE_BYTES_PER_NODE, MemoryEstimate, check_memory, parse_bytes
+from ..nodes import INVERSE_LOSSES
 from ..plan import Plan, compile_plan, paused_gc
 from ..rules import get_rule
 from ..tasks.base import sequence_accuracy, step_accuracy, within_tolerance
@@ -57,6 +58,15 @@ INPUTS = ("index", "real")
 OUTPUTS = ("softmax", "linear")
 
 
+def _check_inverse_loss(inverse_loss, noise, noise_name):
+    """Refuse an unknown inverse loss, and the difference loss without noise (it is identically 0)."""
+    if inverse_loss not in INVERSE_LOSSES:
+        raise ConfigError(f"SRN: inverse_loss must be one of {INVERSE_LOSSES}, got {inverse_loss!r}")
+    if inverse_loss == "difference" and not noise > 0:
+        raise ConfigError(f"SRN: inverse_loss 'difference' needs {noise_name} > 0 (got {noise!r}): without "
+                          f"noise the difference reconstruction loss is identically 0")
+
+
 @functools.lru_cache(maxsize=256)
 def _names(prefix, length, start=1):
     return tuple(f"{prefix}_{t}" for t in range(start, length + 1))
@@ -65,7 +75,7 @@ def _names(prefix, length, start=1):
 def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many: bool = True,
               credit: str = "dtp", noise: float = 0.0, dtype="float32", merge: str = "linear",
               reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh", inputs: str = "index",
-              output: str = "softmax", progress=None) -> Graph:
+              output: str = "softmax", inverse_loss: str = "reconstruction", progress=None) -> Graph:
     """Declare the SRN unrolled over ``length`` steps.
 
     ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"``,
@@ -73,8 +83,11 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     ``inputs`` is ``"index"`` (one-hot tokens by gather) or ``"real"``
     (``x_t`` real vectors); ``output`` is ``"softmax"`` (logits and
     cross-entropy against integer labels) or ``"linear"`` (a linear output
-    and a squared error against real targets). ``progress``, if given, is
-    called as ``progress("declaring", t, length)`` about a hundred times.
+    and a squared error against real targets). ``inverse_loss`` is the
+    objective of the inverse ``G`` (:class:`~tpgraph.nodes.Inverse`):
+    ``"reconstruction"`` or ``"difference"`` (Meulemans et al. 2020; needs
+    ``noise > 0``). ``progress``, if given, is called as
+    ``progress("declaring", t, length)`` about a hundred times.
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -83,6 +96,7 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
         raise ConfigError(f"SRN: inputs must be one of {INPUTS}, got {inputs!r}")
     if output not in OUTPUTS:
         raise ConfigError(f"SRN: output must be one of {OUTPUTS}, got {output!r}")
+    _check_inverse_loss(inverse_loss, noise, "noise")
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
     g.input("h_0", n_hidden)
     every = max(1, length // 100)
@@ -96,7 +110,7 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
         g.dense(f"h_{t}", [f"x_{t}", f"h_{t - 1}"], n_hidden, act=act, weights=["W_xh", "W_h"],
                 bias="b_h", rules=["none", credit])
         g.add_inverse(f"h_{t}", of=f"h_{t - 1}", weight="V_h", bias="c_h", act=inverse_act,
-                      others="forward", noise=noise)
+                      others="forward", noise=noise, loss=inverse_loss)
         if (many_to_many or t == length) and output == "softmax":
             g.softmax_output(f"y_{t}", [f"h_{t}"], n_out, weights=["W_hy"], bias="b_y", rules=["gradient"])
             g.index_input(f"l_{t}", n_out)
@@ -149,6 +163,11 @@ class SRN:
         is divided by ``alpha``).
     noise_sigma : float
         Gaussian noise on ``h_{t-1}`` when training the inverse (0: none).
+    inverse_loss : {"reconstruction", "difference"}
+        The inverse's objective: ``1/2 ||G(F(h + eps)) - (h + eps)||^2`` or
+        the difference reconstruction loss ``1/2 ||G(F(h + eps)) - G(F(h)) -
+        eps||^2`` (Meulemans et al. 2020; needs ``noise_sigma > 0``), both
+        with ``x_t`` at its value and ``eps ~ N(0, noise_sigma^2 I)``.
     merge : str
         Merge strategy of the targets (``"linear"``: Eq. 22).
     credit : str
@@ -174,7 +193,7 @@ class SRN:
                  merge: str = "linear", credit: str = "dtp", reduction: str = "mean", fast_tanh: bool = True,
                  optimizer_options: dict | None = None, inputs: str = "index", output: str = "softmax",
                  tolerance: float = 0.04, memory_limit: int | str | None = None,
-                 cache_size: int = ENGINE_CACHE_SIZE):
+                 cache_size: int = ENGINE_CACHE_SIZE, inverse_loss: str = "reconstruction"):
         if method not in METHODS:
             raise ConfigError(f"SRN: method must be one of {METHODS}, got {method!r}")
         try:
@@ -185,6 +204,8 @@ class SRN:
             raise ConfigError(f"SRN: credit {credit!r} carries no credit back in time; choose dtp, tp or fa")
         if not (isinstance(noise_sigma, (int, float)) and np.isfinite(noise_sigma) and noise_sigma >= 0):
             raise ConfigError(f"SRN: noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        _check_inverse_loss(inverse_loss, noise_sigma, "noise_sigma")
+        self.inverse_loss = inverse_loss
         if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)
                                                 and tolerance > 0):
             raise ConfigError(f"SRN: tolerance must be a finite number > 0, got {tolerance!r}")
@@ -197,7 +218,7 @@ class SRN:
         self.alpha = alpha if method == "tp" else 1.0
         self._graph_opts = dict(n_in=n_in, n_hidden=n_hidden, n_out=n_out, many_to_many=many_to_many,
                                 credit=credit, noise=noise_sigma, dtype=self.dtype, merge=merge,
-                                reduction=reduction, inputs=inputs, output=output)
+                                reduction=reduction, inputs=inputs, output=output, inverse_loss=inverse_loss)
         groups = {g: {"lr": lr_f} for g in FORWARD_GROUPS}
         groups.update({g: {"lr": lr_g} for g in INVERSE_GROUPS})
         groups.update({g: {"lr": lr_y, "scale": 1.0 / self.alpha} for g in OUTPUT_GROUPS})

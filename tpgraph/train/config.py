@@ -207,6 +207,10 @@ class MethodConfig:
                         above=0.0)
     noise_sigma: float = _opt(float, 0.0, "std of the Gaussian noise on h_{t-1} when training the inverse",
                               minimum=0.0)
+    inverse_loss: str = _opt(str, "reconstruction", "the inverse's objective: reconstruction "
+                             "(1/2 ||G(F(h + eps)) - (h + eps)||^2) or difference (the difference reconstruction "
+                             "loss of Meulemans et al. 2020, 1/2 ||G(F(h + eps)) - G(F(h)) - eps||^2; needs "
+                             "method.noise_sigma > 0)", choices=("reconstruction", "difference"))
     reduction: str = _opt(str, "mean", "the cross-entropy over the batch: mean (the authors' convention: "
                           "per-sample step alpha / batch_size) or sum (per-sample step alpha)",
                           choices=("mean", "sum"))
@@ -244,6 +248,9 @@ class ProtocolConfig:
     val_every: int = _opt(int, 250, "validate every this many batches (and at the start and the end)",
                           minimum=1)
     warmup: int = _opt(int, 1000, "TP: the first batches train only the inverse (ignored by BPTT)", minimum=0)
+    inverse_steps: int = _opt(int, 1, "TP: inverse updates per training batch: after the batch's step, "
+                              "inverse_steps - 1 more inverse-only steps on the same batch, in the warm-up too "
+                              "(ignored by BPTT and fa)", minimum=1)
     seed: int = _opt(int, 0, "seed of the initialisation, the training batches and the noise", minimum=0)
     val_seed: int = _opt(int, 12345, "seed of the validation set (made once)", minimum=0)
     memory_limit: str | None = _opt(
@@ -368,6 +375,11 @@ class Config:
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
+        if self.method.inverse_loss == "difference" and self.method.noise_sigma <= 0:
+            raise ConfigError("method.inverse_loss = \"difference\" needs method.noise_sigma > 0 (got "
+                              f"{self.method.noise_sigma:g}): without noise the difference reconstruction loss "
+                              "is identically 0; set method.noise_sigma or use method.inverse_loss = "
+                              "\"reconstruction\"")
         p = self.protocol
         from ..rules import get_rule
 

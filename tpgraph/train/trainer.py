@@ -4,7 +4,10 @@ Protocol
     Training batches are drawn on the fly from one seeded generator (the
     *data stream*); a fixed validation set is made once from its own seed.
     TP's first ``protocol.warmup`` batches train only the inverse (counted in
-    ``n_batches``; BPTT has no warm-up). Every ``val_every`` batches, at batch
+    ``n_batches``; BPTT has no warm-up). With ``protocol.inverse_steps = k``
+    each batch gives the inverse ``k`` updates, warm-up batches too: the
+    batch's step, then ``k - 1`` inverse-only steps on the same batch (its
+    reported loss is the first step's). Every ``val_every`` batches, at batch
     0 and at the end, a *validation point* records one row of
     :data:`~tpgraph.train.records.METRIC_COLUMNS` and updates the best values
     (lowest validation loss, highest whole-sequence accuracy). TP and BPTT
@@ -136,7 +139,8 @@ def build_model(config: Config, task: Task) -> SRN:
                seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
                noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
-               output="linear" if regression else "softmax", memory_limit=p.memory_limit, **extra)
+               output="linear" if regression else "softmax", memory_limit=p.memory_limit,
+               inverse_loss=me.inverse_loss, **extra)
 
 
 def data_stream(seed: int) -> np.random.Generator:
@@ -287,6 +291,11 @@ class Trainer:
         self.files = RunFiles(run_dir) if run_dir is not None else None
         # the inverse-only warm-up: TP with a rule that has an inverse to train (not BPTT, not fa)
         self.warmup = p.warmup if config.method.name == "tp" and get_rule(config.method.credit).needs_inverse else 0
+        #: Inverse updates per batch (``protocol.inverse_steps``), warm-up or not: the batch's own step, then
+        #: ``inverse_steps - 1`` inverse-only steps on the same batch (each with a fresh forward pass and fresh
+        #: noise). 1 where there is no inverse to train (BPTT, fa).
+        has_inverse = config.method.name == "tp" and get_rule(config.method.credit).needs_inverse
+        self.inverse_steps = p.inverse_steps if has_inverse else 1
         # the model reports losses summed over the batch under reduction "sum"; records are per sample
         total = config.method.reduction == "sum"
         self._loss_scale = 1.0 / p.batch_size if total else 1.0
@@ -404,12 +413,15 @@ class Trainer:
         on_batch = self._hooks("on_batch")
         scale = self._loss_scale
         align = self.alignment_every
+        extra = self.inverse_steps - 1
         while s.batch < n and self._stop_reason is None:
             x, y = draw(rng, B)
             if align and (s.batch + 1) % align == 0:
                 self._measure_alignment(x, y, s.batch + 1)  # before the step, on its batch and parameters
             try:
                 loss = step(x, y, update_forward=s.batch >= warmup) * scale
+                for _ in range(extra):  # protocol.inverse_steps: more inverse-only updates on this batch
+                    step(x, y, update_forward=False)
             except DivergenceError as exc:
                 what = re.sub(r"^step \d+: ", "", str(exc))
                 raise DivergenceError(f"diverged at batch {s.batch + 1}: {what}", step=s.batch + 1,
