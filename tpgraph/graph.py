@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import GraphError
+from .inverses import ANALYTIC_CLIP, ANALYTIC_REG, get_inverse_kind
 from .kernels.activations import ACTIVATIONS
 from .merges import check_merge
 from .nodes import (
@@ -138,6 +139,7 @@ class Graph:
         self.merge = merge
         self.nx = nx.DiGraph(name=name)
         self.inits: dict[str, object] = {}
+        self.cuts: set[tuple[str, str]] = set()  # edges (source, consumer) on which no credit flows
         self._size_memo: dict | None = None  # sizes of add nodes, only while validating
 
     # ---------------------------------------------------------------- declaring
@@ -196,10 +198,11 @@ class Graph:
         """Declare a squared-error loss ``1/2 ||prediction - target||^2`` per sample."""
         self.add(MSE(name, (prediction, target), (rule, "none"), reduction=reduction, alpha=alpha))
 
-    def add_inverse(self, node: str, of: str, weight: str, bias: str | None = None, act: str = "tanh",
+    def add_inverse(self, node: str, of: str, weight: str | None = None, bias: str | None = None, act: str = "tanh",
                     others: str = "forward", noise: float = 0.0, slope: float = 0.01,
-                    loss: str = "reconstruction") -> None:
-        """Attach a learned inverse ``g`` of dense ``node`` with respect to its input ``of``.
+                    loss: str = "reconstruction", kind: str = "learned", reg: float = ANALYTIC_REG,
+                    clip: float = ANALYTIC_CLIP) -> None:
+        """Attach an inverse ``g`` of dense ``node`` with respect to its input ``of`` (learned by default).
 
         ``g(h) = act(V h + others + c)`` with ``V`` = group ``weight`` and ``c`` =
         group ``bias``; ``others="forward"`` adds the node's other inputs through
@@ -209,12 +212,21 @@ class Graph:
         (``1/2 ||g(f(h_u + eps)) - (h_u + eps)||^2``) or ``"difference"``
         (``1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2``, Meulemans et al.
         2020; needs ``noise > 0``). See :class:`~tpgraph.nodes.Inverse`.
+
+        ``kind`` names the inverse kind (:mod:`tpgraph.inverses`): ``"learned"``
+        (the above) or ``"analytic"``, the regularised inverse of a tanh node
+        ``(W_u^T W_u + reg I)^-1 W_u^T (atanh(clip(h)) - others - b)``, which
+        takes no ``weight``, ``bias`` or ``noise`` (nothing is trained) and uses
+        ``reg > 0`` and ``clip`` (atanh's argument into ``[-1 + clip, 1 - clip]``);
+        ``reg`` and ``clip`` are ignored by the learned kind.
         """
         n = self.node(node)
         if not isinstance(n, Dense):
             raise GraphError(f"node {node!r} ({n.kind}) cannot carry an inverse: only dense nodes can")
         if of not in n.inputs:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: {of!r} is not one of its inputs {list(n.inputs)}")
+        where = f"inverse of node {node!r} with respect to {of!r}"
+        impl = get_inverse_kind(kind, where)
         if act not in ACTIVATIONS:
             raise GraphError(f"inverse of node {node!r}: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
         if others not in ("forward", "none"):
@@ -223,7 +235,8 @@ class Graph:
             raise GraphError(f"inverse of node {node!r}: noise must be a finite number >= 0, got {noise!r}")
         if not (isinstance(slope, (int, float)) and not isinstance(slope, bool) and np.isfinite(slope)):
             raise GraphError(f"inverse of node {node!r}: slope must be a finite number, got {slope!r}")
-        if not isinstance(weight, str) or not weight or (bias is not None and (not isinstance(bias, str) or not bias)):
+        if impl.has_params and (not isinstance(weight, str) or not weight
+                                or (bias is not None and (not isinstance(bias, str) or not bias))):
             raise GraphError(f"inverse of node {node!r}: weight and bias must be group names, got {weight!r}, {bias!r}")
         if loss not in INVERSE_LOSSES:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: unknown loss {loss!r}; "
@@ -232,8 +245,12 @@ class Graph:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'difference' "
                              f"(1/2 ||g(f(h + eps)) - g(f(h)) - eps||^2) is identically 0 without noise; "
                              f"give noise > 0 or use loss 'reconstruction'")
-        n.inverses[of] = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise),
-                                 slope=float(slope), loss=loss)
+        inv = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise),
+                      slope=float(slope), loss=loss, kind=kind,
+                      reg=float(reg) if isinstance(reg, (int, float)) and not isinstance(reg, bool) else reg,
+                      clip=float(clip) if isinstance(clip, (int, float)) and not isinstance(clip, bool) else clip)
+        impl.check(n, inv, where)
+        n.inverses[of] = inv
 
     def set_rule(self, consumer: str, input: str, rule: str) -> None:
         """Change the credit rule of edge ``input -> consumer``."""
@@ -244,6 +261,20 @@ class Graph:
         slot = n.inputs.index(input)
         n.rules = n.rules[:slot] + (rule,) + n.rules[slot + 1:]
         self.nx.edges[input, consumer]["rule"] = rule
+
+    def cut(self, source: str, consumer: str) -> None:
+        """Cut the credit on edge ``source -> consumer``: no target flows on it, whatever its rule.
+
+        The edge keeps its rule (so the nodes still stack and scan together);
+        its proposal is simply not delivered. Cutting the recurrent edges of
+        an unrolled RNN every ``k`` steps is truncated target propagation (or,
+        with ``gradient`` rules, truncated BPTT): targets then travel back at
+        most to the start of their segment. The edge stays in the forward pass.
+        """
+        if not self.nx.has_edge(source, consumer) or "node" not in self.nx.nodes[consumer]:
+            raise GraphError(f"graph {self.name!r}: cannot cut {source!r} -> {consumer!r}, there is no such edge")
+        self.nx.edges[source, consumer]["cut"] = True
+        self.cuts.add((source, consumer))
 
     def init(self, group: str, spec) -> None:
         """Set the initialiser of parameter group ``group``.
@@ -285,7 +316,7 @@ class Graph:
         Each node has either a ``node`` attribute (a :class:`Node`) or a
         ``kind`` attribute naming a node kind plus that kind's fields as
         attributes (``inputs`` in slot order; default: the predecessors in
-        sorted order). Edge attribute ``rule`` sets the credit rule.
+        sorted order). Edge attribute ``rule`` sets the credit rule; ``cut=True`` cuts the edge's credit (:meth:`cut`).
         """
         out = cls(name or g.graph.get("name", "graph"), dtype=dtype, merge=merge)
         for v, data in g.nodes(data=True):
@@ -310,7 +341,7 @@ class Graph:
             if not isinstance(invs, Mapping):
                 raise GraphError(f"node {v!r}: attribute 'inverses' must map an input name to an inverse "
                                  f"(a tpgraph.Inverse or a dict of its fields), got {invs!r}")
-            allowed = {"weight", "bias", "act", "others", "noise", "slope", "loss"}
+            allowed = {"weight", "bias", "act", "others", "noise", "slope", "loss", "kind", "reg", "clip"}
             for of, inv in invs.items():
                 if isinstance(inv, Inverse):
                     fields = {k: getattr(inv, k) for k in allowed}
@@ -319,10 +350,15 @@ class Graph:
                 else:
                     raise GraphError(f"node {v!r}: the inverse for {of!r} must be a tpgraph.Inverse or a dict, got {inv!r}")
                 bad = sorted(set(fields) - allowed)
-                if bad or "weight" not in fields:
+                needs_weight = get_inverse_kind(fields.get("kind", "learned"),
+                                                f"node {v!r}: the inverse for {of!r}").has_params
+                if bad or ("weight" not in fields and needs_weight):
                     raise GraphError(f"node {v!r}: the inverse for {of!r} has unknown fields {bad} or no 'weight'; "
                                      f"allowed: {sorted(allowed)}")
                 out.add_inverse(v, of=of, **fields)
+        for u, v, cut in g.edges(data="cut"):
+            if cut:
+                out.cut(u, v)
         return out
 
     # ---------------------------------------------------------------- reading
@@ -426,9 +462,13 @@ class Graph:
             for of, inv in n.inverses.items():
                 if of not in n.inputs:
                     raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: not an input of {n.name!r}")
+                where = f"inverse of node {n.name!r} with respect to {of!r}"
+                impl = get_inverse_kind(inv.kind, where)
+                impl.check(n, inv, where)
                 if isinstance(self.node(of), IndexInput):
                     raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: integer data has no inverse")
-                if inv.others == "forward" and len(n.inputs) > 1 and self._size(of) != n.size:
+                # the other inputs are summed into the inverse's buffer og: it must be as wide as the node
+                if inv.others == "forward" and len(n.inputs) > 1 and impl.og_size(self._size(of), n.size) != n.size:
                     raise GraphError(
                         f"inverse of node {n.name!r} with respect to {of!r}: others='forward' adds the other "
                         f"inputs through {n.name!r}'s forward weights, which map into shape ({n.size},), but "
@@ -524,6 +564,8 @@ class Graph:
             if n.bias is not None:
                 use(n.bias, (n.size,), "node {!r} (bias)", n.name)
             for of, inv in n.inverses.items():
+                if not inv.impl.has_params:  # e.g. the analytic inverse: no groups of its own
+                    continue
                 use(inv.weight, (self._size(of), n.size), "inverse of {!r} w.r.t. {!r}", n.name, of)
                 if inv.bias is not None:
                     use(inv.bias, (self._size(of),), "inverse of {!r} w.r.t. {!r} (bias)", n.name, of)

@@ -59,6 +59,8 @@ class Slot:
     credit: CreditRule | None = None  # the rule object of ``rule`` (what it needs, how it proposes)
     # weighted merges of the source: the scale of each consumer member's delivered displacement (None: 1)
     deliver_scale: np.ndarray | None = None
+    # cut credit (Graph.cut): per consumer member, True where its proposal is not delivered (None: no cut)
+    cut: np.ndarray | None = None
 
     def __repr__(self):
         kind = "recurrent" if self.recurrent else f"rows={self.rows}"
@@ -78,6 +80,7 @@ class Stack:
     rec_slot: int | None = None
     init_src: tuple[int, int] | None = None  # (stack, member) of the chain's initial recurrent input
     propose_init: bool = False  # does the chain's head propose a target to its initial input?
+    cut_members: tuple = ()  # chain members k >= 1 whose recurrent proposal to member k - 1 is cut
     merge: str = "linear"
     counts: np.ndarray | None = None  # incoming proposals per member
     merge_scale: np.ndarray | None = None  # weighted merges: the per-member scale the scans apply
@@ -326,8 +329,11 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
                     slot.rows = rows
             st.slots.append(slot)
     report("compiling", 3, 4)
+    if graph.cuts:
+        _mark_cuts(graph, stacks, positions, ins, order)
     _wire_incoming(stacks, positions, ins, at)
     _weigh_merges(stacks)
+    _silence_cuts(stacks)
     fwd, inv = set(), set()
     for n in graph.nodes:
         if isinstance(n, Dense):
@@ -335,9 +341,7 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
             if n.bias:
                 fwd.add(n.bias)
             for i in n.inverses.values():
-                inv.add(i.weight)
-                if i.bias:
-                    inv.add(i.bias)
+                inv.update(i.impl.groups(i))  # the inverse's own groups (none for the analytic kind)
     clash = fwd & inv
     if clash:
         from .errors import GraphError
@@ -387,6 +391,35 @@ def _chain_order(ins, vs, rec, group, gid):
     return out
 
 
+def _mark_cuts(graph, stacks, positions, ins, order):
+    """Each slot's cut members (:meth:`Graph.cut`), found by one pass over the slots' edges."""
+    cuts = graph.cuts
+    for st in stacks:
+        for slot in st.slots:
+            if not slot.propose:
+                continue
+            i = slot.index
+            mask = np.array([(order[ins[v][i]], order[v]) in cuts for v in positions[st.id]], dtype=bool)
+            if not mask.any():
+                continue
+            slot.cut = mask
+            if slot.recurrent:
+                st.cut_members = tuple(int(k) for k in np.flatnonzero(mask) if k >= 1)
+                if mask[0]:
+                    st.propose_init = False
+            elif mask.all():
+                slot.propose = False
+
+
+def _silence_cuts(stacks):
+    """A cut non-recurrent edge delivers its proposal scaled by zero (after any merge weights)."""
+    for st in stacks:
+        for slot in st.slots:
+            if slot.cut is not None and not slot.recurrent and slot.propose:
+                scale = np.ones(st.m) if slot.deliver_scale is None else slot.deliver_scale
+                slot.deliver_scale = np.where(slot.cut, 0.0, scale)
+
+
 def _wire_incoming(stacks, positions, ins, at):
     """For every node that needs a target, the proposals it receives (for merges and inspection).
 
@@ -403,6 +436,8 @@ def _wire_incoming(stacks, positions, ins, at):
             for k, v in enumerate(positions[st.id]):
                 if slot.recurrent and k == 0 and not st.propose_init:
                     continue
+                if slot.cut is not None and slot.cut[k]:
+                    continue  # a cut edge delivers nothing (and counts for no merge)
                 sid, j = at[ins[v][i]]
                 stacks[sid].incoming[j].append((st.id, i, k))
     for st in stacks:
@@ -423,8 +458,10 @@ def _weigh_merges(stacks):
         weight = get_merge(st.merge)
         s = np.ones(st.m)
         if st.chain:
+            cut = set(st.cut_members)
             for j in range(st.m - 1):
-                s[j] = weight(st.members[j], st.members[j + 1])
+                if j + 1 not in cut:  # a cut scan path merges nothing into member j: its scale stays 1
+                    s[j] = weight(st.members[j], st.members[j + 1])
         st.merge_scale = s
         for j, incoming in enumerate(st.incoming):
             for cs, si, ck in incoming:
