@@ -98,6 +98,7 @@ examples:
   tpgraph research run baseline bptt truncate_10           search + final seeds, both tasks
   tpgraph research run analytic --task copy_memory --only 50
   tpgraph research table                                   docs/results/research.md and research.csv
+  tpgraph research inspect baseline analytic --only 30      re-run a final seed with alignment measured
 
 Tasks and lengths: sequence expansion T = 30, 40; copy memory delays 50, 100, 200.
 Every variant gets the same search budget as its baselines. Rerunning resumes.
@@ -308,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="run: for each variant and task, a TPE search per length, then the best "
                                    "configuration re-run with fresh seeds. table: collect every finished variant "
                                    "into research.csv and the table section of research.md.")
-    p.add_argument("action", choices=("run", "table", "list"), help="run variants, write the table, or list variants")
+    p.add_argument("action", choices=("run", "table", "inspect", "list"),
+                   help="run variants, write the table, inspect finished cells (alignment angles, inverse losses), "
+                        "or list variants")
     p.add_argument("variants", nargs="*", metavar="VARIANT", help="run: the variants (see 'tpgraph research list')")
     p.add_argument("--task", action="append", default=None, dest="tasks", choices=("sequence_expansion", "copy_memory"),
                    help="run: only this task (repeatable; default both)")
@@ -639,10 +642,20 @@ def cmd_research(args) -> int:
         print(f"{len(res['rows'])} rows; files: " + ", ".join(str(p) for p in res["files"].values()))
         return EXIT_OK
     if not args.variants:
-        raise _UsageError("research run: name the variants to run (see 'tpgraph research list')")
+        raise _UsageError(f"research {args.action}: name the variants (see 'tpgraph research list')")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise _UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.action == "inspect":
+        from .studies.research import write_inspection
+
+        cells = [(v, task, T) for v in args.variants for task in (args.tasks or list(TASKS))
+                 for T in TASKS[task].values if not args.only or T in args.only]
+        command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["research"] else ""
+        res = write_inspection(args.folder, args.out, cells, command=command,
+                               say=lambda line: print(line, file=sys.stderr))
+        print(f"{len(res['cells'])} cells inspected; files: " + ", ".join(str(p) for p in res["files"].values()))
+        return EXIT_OK
     for v in args.variants:
         for task in args.tasks or list(TASKS):
             values = tuple(t for t in TASKS[task].values if not args.only or t in args.only)

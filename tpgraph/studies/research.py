@@ -12,7 +12,13 @@ as :mod:`tpgraph.studies.reproduce` does for the paper's tables:
    objective the best validation loss;
 2. **final**: the best configuration of each cell re-run with fresh seeds
    (1001, 1002, ...);
-3. **table**: one row per task, T, method and variant with the means over
+3. **inspect** (optional): the first final seed of a cell re-run with the
+   alignment measurement on (``protocol.alignment_every``, which changes
+   nothing in training: the same seed retraces the same run), summarised as
+   the angles between TP's updates and BPTT's gradient, the inverse's
+   reconstruction loss and its jumps, the local losses and the spectral
+   radius;
+4. **table**: one row per task, T, method and variant with the means over
    the seeds of the best and final validation loss and whole-sequence
    accuracy, the memoryless baseline and the cost per batch, written as
    ``research.csv`` and as the table section of ``research.md`` (the rest of
@@ -44,7 +50,7 @@ from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
 __all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "run_variant", "write_table",
-           "CSV_COLUMNS"]
+           "inspect_cell", "CSV_COLUMNS"]
 
 #: The columns of ``research.csv`` (accuracies in percent, means over the final seeds).
 CSV_COLUMNS = ("task", "T", "method", "variant", "seeds", "best_val_loss", "best_val_accuracy", "final_val_loss",
@@ -317,3 +323,135 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     return {"rows": rows, "files": {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}}
 
 
+
+
+# ---------------------------------------------------------------------- inspection
+def _final_run_dir(root: Path, key: str, T: int) -> Path | None:
+    final = Study.open(root / "final")
+    for g in final.optuna_studies():
+        if g.values[key] != T:
+            continue
+        for t in g.study.get_trials(deepcopy=False):
+            dirs = t.user_attrs.get("run_dirs") or []
+            if t.state.name == "COMPLETE" and dirs and (Path(dirs[0]) / "summary.json").exists():
+                return Path(dirs[0])
+    return None
+
+
+def _finite(a):
+    import numpy as np
+
+    a = np.asarray(a, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points: int = 30) -> dict | None:
+    """Re-run the first final seed of a cell with alignment measured ``points`` times; summarise what it shows.
+
+    Returns None when the cell has no finished final run. The re-run goes to
+    ``FOLDER/VARIANT/TASK/inspect/T-<T>`` and is reused when complete.
+    """
+    import numpy as np
+
+    from ..train.config import apply_overrides
+    from ..train.records import read_metrics_csv, read_summary
+    from ..train.trainer import Trainer, load_run_config, new_run_dir
+
+    cells = TASKS[task]
+    root = Path(folder) / variant / task
+    if not (root / "final" / SPEC_FILE).exists():
+        return None
+    src = _final_run_dir(root, cells.key, T)
+    if src is None:
+        return None
+    cfg = load_run_config(src)
+    every = max(1, cfg.protocol.n_batches // points)
+    out = root / "inspect"
+    name = f"T-{T}"
+    run = out / name
+    if not ((run / "summary.json").exists() and read_summary(run / "summary.json").get("status") != "running"):
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        cfg = apply_overrides(cfg, [f"protocol.alignment_every={every}", f"output.runs_dir={out}",
+                                    f"output.name={name}", "output.plots=false", "output.checkpoint_every=0"])
+        Trainer(cfg, new_run_dir(cfg)).run()
+    m = read_metrics_csv(run / "metrics.csv")
+    summary = read_summary(run / "summary.json")
+    warm = cfg.protocol.warmup if summary.get("method") == "tp" else 0
+    after = m["batch"] > warm
+    recon = _finite(m["reconstruction_loss"][after]) if "reconstruction_loss" in m else np.array([])
+    local = _finite(m["local_loss"][after]) if "local_loss" in m else np.array([])
+    info = {"variant": variant, "task": task, "T": T, "run_dir": str(run), "status": summary.get("status"),
+            "best_val_loss": (summary.get("best") or {}).get("val_loss"),
+            "best_batch": (summary.get("best") or {}).get("val_loss_batch"),
+            "final_val_loss": (summary.get("final") or {}).get("val_loss"),
+            "recon_median": float(np.median(recon)) if recon.size else math.nan,
+            "recon_jump": float(np.max(recon[1:] / np.maximum(recon[:-1], 1e-12))) if recon.size > 1 else math.nan,
+            "recon_final": float(recon[-1]) if recon.size else math.nan,
+            "local_median": float(np.median(local)) if local.size else math.nan,
+            "rho_W_h_final": (summary.get("final") or {}).get("spectral_radius_W_h")}
+    apath = run / "alignment.csv"
+    if apath.exists():
+        a = read_metrics_csv(apath)
+        late = a["batch"] > warm
+        half = a["batch"] > (warm + cfg.protocol.n_batches) / 2
+        for col in ("angle_W_h", "angle_W_xh", "angle_h_mean"):
+            if col in a:
+                info[f"{col}_early"] = float(np.mean(_finite(a[col][late & ~half]))) if (late & ~half).any() else math.nan
+                info[f"{col}_late"] = float(np.mean(_finite(a[col][half]))) if half.any() else math.nan
+    return info
+
+
+INSPECT_START, INSPECT_END = "<!-- research-inspect:start -->", "<!-- research-inspect:end -->"
+
+
+def inspect_markdown(infos: list[dict], meta: dict) -> str:
+    lines = [INSPECT_START, "",
+             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}: the first final seed of each cell "
+             "re-run with `protocol.alignment_every` on. Angles in degrees between the variant's update of a group "
+             "(or the hidden displacements, `h mean`) and BPTT's gradient on the same batch and parameters, averaged "
+             "over the first and the second half of training after the warm-up (90 = orthogonal, no "
+             "better than chance). Reconstruction loss: the inverse's, per batch, median over the validation points "
+             "after the warm-up, the largest rise between two points, and the last value.", "",
+             "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
+             "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
+             "rho(W_h) last |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in infos:
+        def ang(c):
+            e, l_ = i.get(f"{c}_early", math.nan), i.get(f"{c}_late", math.nan)
+            return f"{fmt_value(e)} / {fmt_value(l_)}"
+        lines.append(f"| {i['task'].replace('_', ' ')} | {i['T']} | {i['variant']} | {fmt_value(i['best_val_loss'])} "
+                     f"({i['best_batch']}) | {fmt_value(i['final_val_loss'])} | {ang('angle_W_h')} | "
+                     f"{ang('angle_h_mean')} | {fmt_value(i['recon_median'])} | {fmt_value(i['recon_jump'])}x | "
+                     f"{fmt_value(i['recon_final'])} | {fmt_value(i['local_median'])} | "
+                     f"{fmt_value(i['rho_W_h_final'])} |")
+    lines += ["", INSPECT_END]
+    return "\n".join(lines)
+
+
+def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[str, str, int]], *,
+                     command: str = "", say: Callable[[str], None] = print) -> dict:
+    """Inspect ``cells`` (variant, task, T) and write the inspection section of ``research.md``."""
+    from ..train.records import atomic_write_json, atomic_write_text
+
+    infos = []
+    for variant, task, T in cells:
+        say(f"inspect {variant} / {task} T={T}")
+        info = inspect_cell(folder, variant, task, T)
+        if info is not None:
+            infos.append(info)
+    out_dir = Path(out_dir)
+    meta = {"command": command or "tpgraph research inspect", "machine": machine(), "date": date.today().isoformat()}
+    md = out_dir / "research.md"
+    text = md.read_text() if md.exists() else "# Research: variants of target propagation\n"
+    section = inspect_markdown(infos, meta)
+    if INSPECT_START in text and INSPECT_END in text:
+        text = text[:text.index(INSPECT_START)] + section + text[text.index(INSPECT_END) + len(INSPECT_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(md, text)
+    atomic_write_json(out_dir / "research_inspect.json", {"meta": meta, "cells": infos})
+    return {"cells": infos, "files": {"md": md, "json": out_dir / "research_inspect.json"}}
