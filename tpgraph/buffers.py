@@ -104,7 +104,7 @@ class StackBuffers:
                 else:
                     sb.p, sb.p2 = _pair((m, B, ns), dtype)
             if slot.inverse is not None and slot.credit.needs_inverse:
-                sb.og, sb.og2 = _pair((m, B, ns), dtype)
+                sb.og, sb.og2 = _pair((m, B, slot.inverse.impl.og_size(ns, n)), dtype)
                 sb.gf, sb.gf2 = _pair((m, B, ns), dtype)
                 sb.dg, sb.dg2 = _pair((m, B, ns), dtype)
                 sb.recon = np.zeros(m, dtype=np.float64)
@@ -185,7 +185,8 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
             if slot.propose and st.kind != "add":
                 add(real, m, B, ns)  # p
             if slot.inverse is not None and slot.credit.needs_inverse:
-                add(real, 3, m, B, ns)  # og, gf, dg
+                add(real, 2, m, B, ns)  # gf, dg
+                add(real, m, B, slot.inverse.impl.og_size(ns, n))  # og
                 add(f64, m)  # recon
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn

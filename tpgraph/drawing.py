@@ -282,9 +282,10 @@ def draw_credit_paths(graph, path: str | Path, pos: Mapping | str | None = None,
             # the label sits at the arc's bulge: an arc3 curve of radius rad passes the chord's midpoint
             # moved by rad / 2 times the chord turned a quarter (exact when both axes have the same scale)
             mx, my = (x0 + x1) / 2 - 0.175 * (y1 - y0), (y0 + y1) / 2 + 0.175 * (x1 - x0)
-            ax.text(mx, my, _label(inv.weight), color=_INVERSE_COLOR, fontsize=9, ha="center", va="center", zorder=4,
+            name = inv.weight if inv.weight is not None else inv.kind  # an analytic inverse has no group
+            ax.text(mx, my, _label(name), color=_INVERSE_COLOR, fontsize=9, ha="center", va="center", zorder=4,
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
-            drawing.inverses[(v, u)] = inv.weight
+            drawing.inverses[(v, u)] = name
 
     kinds_seen = []
     for v in g.nodes:

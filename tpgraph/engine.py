@@ -175,9 +175,18 @@ class Engine:
         for st in self.plan.stacks:
             if isinstance(st.node, Dense):
                 weight_groups.update(st.node.weights)
-                weight_groups.update(s.inverse.weight for s in st.slots
-                                     if s.inverse is not None and s.credit.needs_inverse)
+                weight_groups.update(s.inverse.weight for s in st.slots if s.inverse is not None
+                                     and s.credit.needs_inverse and s.inverse.impl.has_params)
         self.wt = {g: np.ascontiguousarray(self.params[g].T) for g in sorted(weight_groups)}
+        # what inverse kinds derive from the live parameters (the analytic inverse: the transposed
+        # (W^T W + reg I)^-1 W^T per weight group and reg), rebuilt before each step's target pass
+        self.inverse_mats: dict[tuple, np.ndarray] = {}
+        uses: dict = {}
+        for st in self.plan.stacks:
+            for s in st.slots:
+                if s.inverse is not None and s.credit.needs_inverse:
+                    uses.setdefault(s.inverse.impl, []).append(s)
+        self._inverse_refresh = [impl for impl, slots in uses.items() if impl.setup(self, slots)]
         # fixed feedback matrices of rules that use one in place of a forward weight (fa): one per
         # forward weight group, seeded by the engine's seed and the group, inspectable, never trained
         self.feedback: dict[str, np.ndarray] = {}
@@ -393,6 +402,8 @@ class Engine:
         ``grads``) but changes no parameter.
         """
         result = self.forward(batch)
+        for impl in self._inverse_refresh:  # e.g. the analytic inverse's matrix, from the live weights
+            impl.refresh(self)
         stacks, bufs = self.plan.stacks, self.buf.stacks
         self._written.clear()
         if update_forward:

@@ -195,6 +195,9 @@ class DenseRunner:
             if slot.inverse is None or not slot.credit.needs_inverse:
                 continue
             inv = slot.inverse
+            if not inv.impl.has_params:  # nothing to train (the analytic inverse): only its reconstruction loss
+                inv.impl.report(self, eng, st, b, slot, sb)
+                continue
             self.inverse_at_forward(eng, st, b, slot, sb)
             gcode = eng.inv_codes[(st.id, slot.index)]
             if inv.noise > 0:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import GraphError
+from .inverses import ANALYTIC_CLIP, ANALYTIC_REG, get_inverse_kind
 from .kernels.activations import ACTIVATIONS
 from .rules import get_rule
 REDUCTIONS = ("mean", "sum")
@@ -87,18 +88,37 @@ class Inverse:
         ``g(f(h_u))``). It needs ``noise > 0`` (with no noise it is 0).
 
     Both are summed over the batch.
+
+    ``kind`` names how ``g`` is made (an inverse kind of
+    :mod:`tpgraph.inverses`): ``"learned"`` (the default, all of the above)
+    or ``"analytic"``, the regularised inverse of a tanh node (Roulet &
+    Harchaoui) ``g(h) = (W_u^T W_u + reg I)^-1 W_u^T (atanh(clip(h)) - sum_{i
+    != u} W_i h_i - b)``, with the argument of atanh clipped into ``[-1 +
+    clip, 1 - clip]``; it has no ``weight``, ``bias`` or ``noise`` and is not
+    trained (``reg`` and ``clip`` are its options only).
     """
 
     of: str
-    weight: str
+    weight: str | None = None
     bias: str | None = None
     act: str = "tanh"
     others: str = "forward"
     noise: float = 0.0
     slope: float = 0.01
     loss: str = "reconstruction"
+    kind: str = "learned"
+    reg: float = ANALYTIC_REG
+    clip: float = ANALYTIC_CLIP
+
+    @property
+    def impl(self):
+        """The :class:`~tpgraph.inverses.InverseKind` object of ``kind`` (what it needs, how it proposes)."""
+        return get_inverse_kind(self.kind, f"inverse with respect to {self.of!r}")
 
     def __repr__(self):
+        if not self.impl.has_params:
+            return (f"Inverse(of={self.of!r}, kind={self.kind!r}, reg={self.reg}, clip={self.clip}, "
+                    f"others={self.others!r})")
         extra = "" if self.loss == "reconstruction" else f", loss={self.loss!r}"
         return (
             f"Inverse(of={self.of!r}, weight={self.weight!r}, bias={self.bias!r}, "
@@ -246,6 +266,7 @@ class Dense(Node):
             s["inverses"] = {
                 self.inputs.index(of): (inv.weight, inv.bias, inv.act, inv.others, inv.noise, inv.slope)
                 + ((inv.loss,) if inv.loss != "reconstruction" else ())
+                + ((inv.kind, inv.reg, inv.clip) if inv.kind != "learned" else ())
                 for of, inv in sorted(self.inverses.items(), key=lambda kv: self.inputs.index(kv[0]))
                 if of in self.inputs
             }

@@ -11,7 +11,8 @@ With ``h`` forward values, ``h_hat`` targets, ``a_v`` the consumer's
 pre-activation and ``f'`` its activation's derivative:
 
 ``"dtp"`` (:class:`DifferenceTargetProp`, Eqs. 12, 19)
-    ``tau = h_u + g(h_hat_v) - g(h_v)``; needs an inverse ``g``;
+    ``tau = h_u + g(h_hat_v) - g(h_v)``; needs an inverse ``g`` (of a kind of
+    :mod:`tpgraph.inverses`: learned or analytic);
 ``"tp"`` (:class:`TargetProp`, Eq. 11)
     ``tau = g(h_hat_v)``; needs an inverse;
 ``"gradient"`` (:class:`Gradient`)
@@ -205,40 +206,26 @@ class FeedbackAlignment(Gradient):
 
 
 class _InverseRule(CreditRule):
-    """Rules that propose through the consumer's learned inverse ``g``."""
+    """Rules that propose through the consumer's inverse ``g``.
+
+    How ``g`` is made (learned, analytic, ...) is the inverse's kind
+    (:mod:`tpgraph.inverses`); the rule asks that object for the inverse at
+    the forward value, the batched proposal and the chain scan, and only
+    says which reference it subtracts.
+    """
 
     needs_inverse = True
     #: dtp subtracts ``g(h_v)`` (a difference), tp proposes ``g(h_hat_v)`` itself.
     difference: ClassVar[bool] = True
 
     def prepare(self, runner, eng, st, b, slot, sb) -> None:
-        runner.inverse_at_forward(eng, st, b, slot, sb)
+        slot.inverse.impl.at_forward(runner, eng, st, b, slot, sb)
 
     def propose(self, runner, eng, st, b, slot, sb) -> None:
-        self.prepare(runner, eng, st, b, slot, sb)
-        inv = slot.inverse
-        np.add(b.h2, b.d2, out=b.z2)  # the targets h_hat_v
-        np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
-        ref = sb.gf2 if self.difference else sb.x2
-        kd.inverse_finish(sb.p2, sb.og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
+        slot.inverse.impl.propose(runner, eng, st, b, slot, sb, self.difference)
 
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop) -> None:
-        inv = slot.inverse
-        jm = eng.jit_merges.get(st.id)
-        if jm is not None:  # a compiled merge strategy, called inside the scan
-            args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
-                    eng.inv_codes[(st.id, slot.index)], inv.slope, start, stop, self.difference, sb.p, b.tmp)
-            if eng.gemm is not None:
-                kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
-            else:
-                kd.scan_inverse_merge(*args)
-            return
-        args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
-                inv.slope, inv_count, start, stop, self.difference, sb.p, b.tmp)
-        if eng.gemm is not None:
-            kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
-        else:
-            kd.scan_inverse(*args)
+        slot.inverse.impl.scan(eng, st, b, slot, sb, code, inv_count, start, stop, self.difference)
 
 
 class DifferenceTargetProp(_InverseRule):

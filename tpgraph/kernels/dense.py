@@ -388,3 +388,88 @@ def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             merge(hext[k], d[k - 1], pk, k - 1, params)
+
+
+# The analytic regularised inverse of a tanh dense node (Roulet & Harchaoui; tpgraph.inverses):
+# ``g(h) = (atanh(clip(h)) - og) @ mt`` with ``og`` the rest of the node's pre-activation (the
+# other inputs through their forward weights, plus the forward bias) and ``mt`` the transposed
+# ``(W^T W + reg I)^-1 W^T``, rebuilt from the live weight before every target pass. ``lim`` is
+# ``1 - clip``: arguments of atanh are clipped to ``[-lim, lim]``.
+
+
+@kernel
+def atanh_residual(h, d, og, lim, use_d, out):
+    """``out = atanh(clip(h (+ d), -lim, lim)) - og`` over 2-D blocks (``d`` is read only if ``use_d``)."""
+    rows, cols = out.shape
+    for r in range(rows):
+        for j in range(cols):
+            v = h[r, j] + d[r, j] if use_d else h[r, j]
+            if v > lim:
+                v = lim
+            elif v < -lim:
+                v = -lim
+            out[r, j] = np.arctanh(v) - og[r, j]
+
+
+@kernel
+def subtract_into(p, ref):
+    """``p -= ref`` over 2-D blocks (an inverse's proposal as a displacement)."""
+    rows, cols = p.shape
+    for r in range(rows):
+        for j in range(cols):
+            p[r, j] -= ref[r, j]
+
+
+@kernel
+def scan_analytic(d, hext, mt, og, gf, lim, inv_count, start, stop, difference, p, tmp):
+    """Credit back through a chain with the analytic inverse (``dtp`` or ``tp``).
+
+    For ``k = start .. stop`` (descending): the target ``t = h_k + d[k]``,
+    ``tmp = atanh(clip(t)) - og[k]``, ``p[k] = tmp @ mt - ref`` with ``ref =
+    gf[k] = g(h_k)`` for ``dtp`` (``difference=True``) or ``h_{k-1}`` for
+    ``tp``; then member ``k-1`` merges it as in :func:`scan_gradient`.
+    """
+    for k in range(start, stop - 1, -1):
+        atanh_residual(hext[k + 1], d[k], og[k], lim, True, tmp)
+        pk = p[k]
+        np.dot(tmp, mt, pk)
+        subtract_into(pk, gf[k] if difference else hext[k])
+        if k > 0:
+            _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@kernel
+def scan_analytic_cblas(gemm, one, zero, d, hext, mt, og, gf, lim, inv_count, start, stop, difference, p, tmp):
+    """:func:`scan_analytic` with ``gemm`` for the products."""
+    for k in range(start, stop - 1, -1):
+        atanh_residual(hext[k + 1], d[k], og[k], lim, True, tmp)
+        pk = p[k]
+        mm(gemm, tmp, mt, pk, one, zero)
+        subtract_into(pk, gf[k] if difference else hext[k])
+        if k > 0:
+            _merge_into(d[k - 1], pk, inv_count[k - 1])
+
+
+@merge_kernel
+def scan_analytic_merge(merge, params, d, hext, mt, og, gf, lim, start, stop, difference, p, tmp):
+    """:func:`scan_analytic` with a compiled merge of member ``k - 1``."""
+    for k in range(start, stop - 1, -1):
+        atanh_residual(hext[k + 1], d[k], og[k], lim, True, tmp)
+        pk = p[k]
+        np.dot(tmp, mt, pk)
+        subtract_into(pk, gf[k] if difference else hext[k])
+        if k > 0:
+            merge(hext[k], d[k - 1], pk, k - 1, params)
+
+
+@merge_kernel
+def scan_analytic_merge_cblas(gemm, one, zero, merge, params, d, hext, mt, og, gf, lim, start, stop, difference,
+                              p, tmp):
+    """:func:`scan_analytic_merge` with ``gemm`` for the products."""
+    for k in range(start, stop - 1, -1):
+        atanh_residual(hext[k + 1], d[k], og[k], lim, True, tmp)
+        pk = p[k]
+        mm(gemm, tmp, mt, pk, one, zero)
+        subtract_into(pk, gf[k] if difference else hext[k])
+        if k > 0:
+            merge(hext[k], d[k - 1], pk, k - 1, params)

@@ -31,7 +31,9 @@ from ..errors import ConfigError, DataError, GraphError
 from ..graph import Graph
 from ..kernels.losses import argmax_rows
 from ..memory import STRUCTURE_BYTES_PER_NODE, MemoryEstimate, check_memory, parse_bytes
+from ..inverses import ANALYTIC_REG, get_inverse_kind, known_inverse_kinds
 from ..nodes import INVERSE_LOSSES
+from ..params import ParamStore
 from ..plan import Plan, compile_plan, paused_gc
 from ..rules import get_rule
 from ..tasks.base import sequence_accuracy, step_accuracy, within_tolerance
@@ -67,6 +69,21 @@ def _check_inverse_loss(inverse_loss, noise, noise_name):
                           f"noise the difference reconstruction loss is identically 0")
 
 
+def _check_inverse(inverse, inverse_reg):
+    """Refuse an unknown inverse kind and a regularisation that is not a finite number > 0."""
+    if inverse not in known_inverse_kinds():
+        raise ConfigError(f"SRN: inverse must be one of {tuple(known_inverse_kinds())}, got {inverse!r}")
+    if isinstance(inverse_reg, bool) or not isinstance(inverse_reg, (int, float)) or not np.isfinite(inverse_reg) \
+            or inverse_reg <= 0:
+        raise ConfigError(f"SRN: inverse_reg must be a finite number > 0, got {inverse_reg!r}")
+
+
+def _check_truncate(truncate):
+    if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer))
+                                 or truncate < 1):
+        raise ConfigError(f"SRN: truncate must be a positive int (steps per segment) or None, got {truncate!r}")
+
+
 @functools.lru_cache(maxsize=256)
 def _names(prefix, length, start=1):
     return tuple(f"{prefix}_{t}" for t in range(start, length + 1))
@@ -75,7 +92,8 @@ def _names(prefix, length, start=1):
 def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many: bool = True,
               credit: str = "dtp", noise: float = 0.0, dtype="float32", merge: str = "linear",
               reduction: str = "mean", act: str = "tanh", inverse_act: str = "tanh", inputs: str = "index",
-              output: str = "softmax", inverse_loss: str = "reconstruction", progress=None) -> Graph:
+              output: str = "softmax", inverse_loss: str = "reconstruction", truncate: int | None = None,
+              inverse: str = "learned", inverse_reg: float = ANALYTIC_REG, progress=None) -> Graph:
     """Declare the SRN unrolled over ``length`` steps.
 
     ``credit`` is the rule of the edges back in time (``"dtp"``, ``"tp"``,
@@ -86,7 +104,15 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     and a squared error against real targets). ``inverse_loss`` is the
     objective of the inverse ``G`` (:class:`~tpgraph.nodes.Inverse`):
     ``"reconstruction"`` or ``"difference"`` (Meulemans et al. 2020; needs
-    ``noise > 0``). ``progress``, if given, is called as
+    ``noise > 0``). ``truncate=k`` cuts the credit of the edges ``h_{t-1}
+    -> h_t`` for ``t = k+1, 2k+1, ...`` (:meth:`~tpgraph.graph.Graph.cut`):
+    targets (or, with ``gradient`` rules, gradients) travel back within
+    segments of ``k`` steps only, truncated TP (truncated BPTT); ``None``:
+    never cut. ``inverse`` is the kind of ``G`` (:mod:`tpgraph.inverses`):
+    ``"learned"`` (``V_h``, ``c_h``, trained) or ``"analytic"``, the
+    regularised inverse ``(W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) -
+    W_xh x_t - b_h)``, which has no groups (``noise``, ``inverse_act`` and
+    ``inverse_loss`` then do not apply). ``progress``, if given, is called as
     ``progress("declaring", t, length)`` about a hundred times.
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
@@ -97,6 +123,11 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     if output not in OUTPUTS:
         raise ConfigError(f"SRN: output must be one of {OUTPUTS}, got {output!r}")
     _check_inverse_loss(inverse_loss, noise, "noise")
+    _check_truncate(truncate)
+    _check_inverse(inverse, inverse_reg)
+    learned = get_inverse_kind(inverse).has_params
+    inv_opts = (dict(weight="V_h", bias="c_h", act=inverse_act, noise=noise, loss=inverse_loss) if learned
+                else dict(kind=inverse, reg=float(inverse_reg)))
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
     g.input("h_0", n_hidden)
     every = max(1, length // 100)
@@ -109,8 +140,7 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
             g.input(f"x_{t}", n_in)
         g.dense(f"h_{t}", [f"x_{t}", f"h_{t - 1}"], n_hidden, act=act, weights=["W_xh", "W_h"],
                 bias="b_h", rules=["none", credit])
-        g.add_inverse(f"h_{t}", of=f"h_{t - 1}", weight="V_h", bias="c_h", act=inverse_act,
-                      others="forward", noise=noise, loss=inverse_loss)
+        g.add_inverse(f"h_{t}", of=f"h_{t - 1}", others="forward", **inv_opts)
         if (many_to_many or t == length) and output == "softmax":
             g.softmax_output(f"y_{t}", [f"h_{t}"], n_out, weights=["W_hy"], bias="b_y", rules=["gradient"])
             g.index_input(f"l_{t}", n_out)
@@ -119,8 +149,12 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
             g.dense(f"y_{t}", [f"h_{t}"], n_out, act="identity", weights=["W_hy"], bias="b_y", rules=["gradient"])
             g.input(f"l_{t}", n_out)
             g.mse(f"E_{t}", f"y_{t}", f"l_{t}", reduction=reduction)
+    if truncate is not None:
+        for t in range(truncate + 1, length + 1, truncate):
+            g.cut(f"h_{t - 1}", f"h_{t}")
     for group, spec in PAPER_INIT.items():
-        g.init(group, spec)
+        if learned or group not in INVERSE_GROUPS:
+            g.init(group, spec)
     return g
 
 
@@ -168,6 +202,9 @@ class SRN:
         the difference reconstruction loss ``1/2 ||G(F(h + eps)) - G(F(h)) -
         eps||^2`` (Meulemans et al. 2020; needs ``noise_sigma > 0``), both
         with ``x_t`` at its value and ``eps ~ N(0, noise_sigma^2 I)``.
+    truncate : int, optional
+        Cut the credit back in time every ``truncate`` steps (truncated TP,
+        or truncated BPTT with ``method="bptt"``; see :func:`build_srn`).
     merge : str
         Merge strategy of the targets (``"linear"``: Eq. 22).
     credit : str
@@ -175,6 +212,15 @@ class SRN:
         ``"fa"`` (feedback alignment: a fixed random matrix in place of
         ``W_h^T``; the inverse is then neither used nor trained). Any
         registered rule that carries credit and suits a dense node is accepted.
+    inverse : {"learned", "analytic"}
+        The kind of the inverse ``G`` (:mod:`tpgraph.inverses`): learned
+        (``V_h``, ``c_h``, trained with ``lr_g`` after a warm-up) or the
+        analytic regularised inverse of the tanh layer (Roulet & Harchaoui),
+        ``(W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) - W_xh x_t - b_h)``
+        from the live ``W_h``: no groups, no training, no warm-up. The forward
+        groups start as the learned model's of the same seed.
+    inverse_reg : float
+        The analytic inverse's regularisation ``reg > 0`` (ignored by the learned one).
     memory_limit : int or str, optional
         The most memory an engine (graph, plan and buffers) may take, e.g.
         ``"8G"``; ``"off"`` for no check. Default: ``$TPGRAPH_MEMORY_LIMIT``
@@ -193,7 +239,8 @@ class SRN:
                  merge: str = "linear", credit: str = "dtp", reduction: str = "mean", fast_tanh: bool = True,
                  optimizer_options: dict | None = None, inputs: str = "index", output: str = "softmax",
                  tolerance: float = 0.04, memory_limit: int | str | None = None,
-                 cache_size: int = ENGINE_CACHE_SIZE, inverse_loss: str = "reconstruction"):
+                 cache_size: int = ENGINE_CACHE_SIZE, inverse_loss: str = "reconstruction",
+                 truncate: int | None = None, inverse: str = "learned", inverse_reg: float = ANALYTIC_REG):
         if method not in METHODS:
             raise ConfigError(f"SRN: method must be one of {METHODS}, got {method!r}")
         try:
@@ -206,6 +253,13 @@ class SRN:
             raise ConfigError(f"SRN: noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
         _check_inverse_loss(inverse_loss, noise_sigma, "noise_sigma")
         self.inverse_loss = inverse_loss
+        _check_truncate(truncate)
+        self.truncate = None if truncate is None else int(truncate)
+        _check_inverse(inverse, inverse_reg)
+        self.inverse, self.inverse_reg = inverse, float(inverse_reg)
+        learned = get_inverse_kind(inverse).has_params
+        #: Whether training updates an inverse (TP with a rule through the inverse, and a learned one).
+        self.trains_inverse = method == "tp" and rule.needs_inverse and learned
         if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)
                                                 and tolerance > 0):
             raise ConfigError(f"SRN: tolerance must be a finite number > 0, got {tolerance!r}")
@@ -218,9 +272,11 @@ class SRN:
         self.alpha = alpha if method == "tp" else 1.0
         self._graph_opts = dict(n_in=n_in, n_hidden=n_hidden, n_out=n_out, many_to_many=many_to_many,
                                 credit=credit, noise=noise_sigma, dtype=self.dtype, merge=merge,
-                                reduction=reduction, inputs=inputs, output=output, inverse_loss=inverse_loss)
+                                reduction=reduction, inputs=inputs, output=output, inverse_loss=inverse_loss,
+                                truncate=self.truncate, inverse=inverse, inverse_reg=self.inverse_reg)
         groups = {g: {"lr": lr_f} for g in FORWARD_GROUPS}
-        groups.update({g: {"lr": lr_g} for g in INVERSE_GROUPS})
+        if learned:  # an analytic inverse has no groups
+            groups.update({g: {"lr": lr_g} for g in INVERSE_GROUPS})
         groups.update({g: {"lr": lr_y, "scale": 1.0 / self.alpha} for g in OUTPUT_GROUPS})
         self._engine_opts = dict(alpha=self.alpha, optimizer=optimizer, lr=lr_f, groups=groups,
                                  fast_tanh=fast_tanh, optimizer_options=optimizer_options, seed=seed)
@@ -235,7 +291,11 @@ class SRN:
         self._reference_engines: dict[int, Engine] = {}  # BPTT twins for alignment, per length
         self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
         first = self.graph(1)  # validates the options, fixes the parameter groups
-        self.params = first.init_params(seed)
+        if learned:
+            self.params = first.init_params(seed)
+        else:  # the same forward initialisation as the learned inverse's SRN of this seed, without V_h, c_h
+            twin = build_srn(1, **dict(self._graph_opts, inverse="learned")).init_params(seed)
+            self.params = ParamStore({k: twin[k] for k in first.param_shapes()}, self.dtype)
         self._first: Engine | None = None  # holds what every length shares (made with the first engine)
 
     def __repr__(self):
@@ -463,7 +523,12 @@ class SRN:
         return float("nan")
 
     def spectral_radius(self, group: str = "W_h") -> float:
-        """Largest eigenvalue magnitude of a square parameter (``W_h`` or ``V_h``)."""
+        """Largest eigenvalue magnitude of a square parameter (``W_h`` or ``V_h``).
+
+        NaN for ``V_h`` when the model has none (the analytic inverse).
+        """
+        if group in INVERSE_GROUPS and group not in self.params:
+            return float("nan")
         return float(np.max(np.abs(np.linalg.eigvals(self.params[group].astype(np.float64)))))
 
     def optimizer_state(self) -> dict:

@@ -211,9 +211,24 @@ class MethodConfig:
                              "(1/2 ||G(F(h + eps)) - (h + eps)||^2) or difference (the difference reconstruction "
                              "loss of Meulemans et al. 2020, 1/2 ||G(F(h + eps)) - G(F(h)) - eps||^2; needs "
                              "method.noise_sigma > 0)", choices=("reconstruction", "difference"))
+    inverse: str = _opt(str, "learned", "TP's inverse G of the tanh layer: learned (V_h, c_h, trained after the "
+                        "warm-up) or analytic (Roulet & Harchaoui: (W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) "
+                        "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up)",
+                        choices=("learned", "analytic"))
+    inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
+                              "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
+                              above=0.0)
     reduction: str = _opt(str, "mean", "the cross-entropy over the batch: mean (the authors' convention: "
                           "per-sample step alpha / batch_size) or sum (per-sample step alpha)",
                           choices=("mean", "sum"))
+
+    def trains_inverse(self) -> bool:
+        """Whether the run trains an inverse: TP, a rule through the inverse (not fa), a learned one."""
+        from ..inverses import get_inverse_kind
+        from ..rules import get_rule
+
+        return (self.name == "tp" and get_rule(self.credit).needs_inverse
+                and get_inverse_kind(self.inverse).has_params)
 
 
 @dataclass(frozen=True)
@@ -383,7 +398,7 @@ class Config:
         p = self.protocol
         from ..rules import get_rule
 
-        if self.method.name == "tp" and get_rule(self.method.credit).needs_inverse and p.warmup >= p.n_batches:
+        if self.method.trains_inverse() and p.warmup >= p.n_batches:
             raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
                               f"({p.n_batches}): TP would never train its forward weights")
 

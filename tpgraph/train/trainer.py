@@ -140,7 +140,7 @@ def build_model(config: Config, task: Task) -> SRN:
                noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
                output="linear" if regression else "softmax", memory_limit=p.memory_limit,
-               inverse_loss=me.inverse_loss, **extra)
+               inverse_loss=me.inverse_loss, inverse=me.inverse, inverse_reg=me.inverse_reg, **extra)
 
 
 def data_stream(seed: int) -> np.random.Generator:
@@ -289,12 +289,13 @@ class Trainer:
         self.state = TrainState()
         self.best_params: dict[str, np.ndarray] | None = None
         self.files = RunFiles(run_dir) if run_dir is not None else None
-        # the inverse-only warm-up: TP with a rule that has an inverse to train (not BPTT, not fa)
-        self.warmup = p.warmup if config.method.name == "tp" and get_rule(config.method.credit).needs_inverse else 0
+        # the inverse-only warm-up: TP with a rule that has an inverse to train (not BPTT, not fa, not an
+        # analytic inverse, which has nothing to train: all batches then train the forward weights, as with fa)
+        self.warmup = p.warmup if config.method.trains_inverse() else 0
         #: Inverse updates per batch (``protocol.inverse_steps``), warm-up or not: the batch's own step, then
         #: ``inverse_steps - 1`` inverse-only steps on the same batch (each with a fresh forward pass and fresh
-        #: noise). 1 where there is no inverse to train (BPTT, fa).
-        has_inverse = config.method.name == "tp" and get_rule(config.method.credit).needs_inverse
+        #: noise). 1 where there is no inverse to train (BPTT, fa, the analytic inverse).
+        has_inverse = config.method.trains_inverse()
         self.inverse_steps = p.inverse_steps if has_inverse else 1
         # the model reports losses summed over the batch under reduction "sum"; records are per sample
         total = config.method.reduction == "sum"
@@ -515,6 +516,8 @@ class Trainer:
         if bound is not None:
             for name in ("W_h", "V_h"):
                 rho = row[f"spectral_radius_{name}"]
+                if name not in self.model.params:  # no V_h with the analytic inverse (its radius is NaN)
+                    continue
                 if not rho <= bound:
                     self._set_status("aborted", f"the spectral radius of {name} is {rho:.4g} at batch {s.batch}, "
                                                 f"above protocol.max_spectral_radius = {bound:g}")

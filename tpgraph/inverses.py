@@ -1,0 +1,329 @@
+"""Inverse kinds: how the inverse ``g`` of a dense node with respect to one input is made.
+
+``dtp`` and ``tp`` edges (:mod:`tpgraph.rules`) propose through an inverse
+``g`` of the consumer ``v`` with respect to the input ``u``:
+``dtp``: ``tau = h_u + g(h_hat_v) - g(h_v)``; ``tp``: ``tau = g(h_hat_v)``.
+An inverse is declared with :meth:`tpgraph.graph.Graph.add_inverse` and
+stored as a :class:`tpgraph.nodes.Inverse` whose ``kind`` names one object of
+this registry (:func:`register_inverse_kind`, :func:`get_inverse_kind`). The
+rules, the runner of dense nodes and the engine ask that object what it needs
+and how it proposes; they never test its name.
+
+``"learned"`` (:class:`LearnedInverse`, the default; the paper's Eqs. 16-17)
+    ``g(h) = act(V h + sum_{i != u} W_i h_i + c)``: ``V`` and ``c`` are the
+    inverse's own parameter groups, trained by the engine as a denoising
+    auto-encoder (see :mod:`tpgraph.kinds`, ``inverse_grads``).
+``"analytic"`` (:class:`AnalyticInverse`; Roulet & Harchaoui)
+    for ``h_v = tanh(W_u h_u + sum_{i != u} W_i h_i + b)``, the regularised
+    least-squares inverse
+    ``g(h) = (W_u^T W_u + reg I)^-1 W_u^T (atanh(clip(h)) - sum_{i != u} W_i h_i - b)``
+    with ``clip(h)`` into ``[-1 + clip, 1 - clip]``. It has no parameters and
+    is not trained; the matrix ``M = (W_u^T W_u + reg I)^-1 W_u^T`` is rebuilt
+    from the live forward weight before every target pass (one Cholesky
+    solve per weight group and ``reg``, :meth:`AnalyticInverse.refresh`). Its
+    reconstruction loss ``1/2 ||g(h_v) - h_u||^2`` is reported like the learned
+    one's (it measures what the regularisation and the clip cost), never
+    trained. Only tanh nodes may carry it.
+
+A new kind is a subclass of :class:`InverseKind` registered under its
+``name``. It writes the inverse at the forward value (:meth:`InverseKind.at_forward`),
+the batched proposal (:meth:`InverseKind.propose`) and the chain scan
+(:meth:`InverseKind.scan`), and says whether it has parameter groups of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import scipy.linalg
+
+from .errors import GraphError
+from .kernels import dense as kd
+from .kernels.activations import IDENTITY
+
+#: Defaults of the analytic inverse: the regularisation ``reg`` and the clip of atanh's argument.
+#: ``reg = 0.1``: ``M`` multiplies a singular direction of ``W`` with singular value ``s`` by
+#: ``s / (s^2 + reg)``, at most ``1 / (2 sqrt(reg))`` ~ 1.58 whatever ``W`` becomes (no blow-up when
+#: ``W`` turns near-singular during training), while the orthogonal initial ``W_h`` (every ``s = 1``)
+#: is inverted to within a factor ``1 / 1.1``. ``clip = 1e-3``: ``|atanh| <= 3.8``, its slope <= 500.
+ANALYTIC_REG = 0.1
+ANALYTIC_CLIP = 1e-3
+
+
+class InverseKind(ABC):
+    """Base class of inverse kinds (one instance per kind, shared by every graph and engine)."""
+
+    #: The name :meth:`~tpgraph.graph.Graph.add_inverse` takes as ``kind``.
+    name: ClassVar[str] = ""
+    #: Has parameter groups of its own (``V``, ``c``) that the engine trains.
+    has_params: ClassVar[bool] = True
+
+    def check(self, node, inv, where: str) -> None:
+        """Refuse an inverse this kind cannot be for ``node`` (a :class:`~tpgraph.nodes.Dense`): a GraphError naming ``where``."""
+
+    def groups(self, inv) -> tuple:
+        """The inverse's own parameter groups (trained by the engine)."""
+        return ()
+
+    def og_size(self, n_src: int, n_node: int) -> int:
+        """Width of the buffer ``og`` of a slot with this inverse (input ``n_src`` wide, node ``n_node``)."""
+        return n_src
+
+    # ------------------------------------------------------------------ the engine's side
+    def setup(self, eng, slots) -> bool:
+        """Per-engine state for the ``slots`` that use this kind; True if :meth:`refresh` must run each step."""
+        return False
+
+    def refresh(self, eng) -> None:
+        """Rebuild what the kind derives from the live parameters, before the target pass of a step."""
+
+    @abstractmethod
+    def at_forward(self, runner, eng, st, b, slot, sb) -> None:
+        """``sb.og`` (what the inverse takes from the other inputs) and ``sb.gf = g(h_v)``, once per step."""
+
+    @abstractmethod
+    def propose(self, runner, eng, st, b, slot, sb, difference: bool) -> None:
+        """Write ``g(h_hat_v) - g(h_v)`` (``difference``) or ``g(h_hat_v) - h_u`` into ``sb.p2`` (a non-recurrent slot)."""
+
+    @abstractmethod
+    def scan(self, eng, st, b, slot, sb, code, inv_count, start: int, stop: int, difference: bool) -> None:
+        """The same through a chain's recurrent slot, members ``start`` down to ``stop``, merged in the kernel."""
+
+    def report(self, runner, eng, st, b, slot, sb) -> None:
+        """For a kind without parameters: its reconstruction loss ``sb.recon`` (nothing is trained)."""
+
+    # ------------------------------------------------------------------ the mathematics
+    @abstractmethod
+    def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
+                  act=None):
+        """Plain-NumPy ``g(h)`` ``[B, n_u]`` for one node (tests and reading).
+
+        ``h`` ``[B, n_v]``; ``others`` ``sum_{i != u} W_i h_i`` ``[B, n_v]``
+        (zeros for ``others="none"``); ``weight`` and ``bias`` the node's
+        forward ``W_u`` and ``b``; ``inverse_weight``, ``inverse_bias`` ``V``
+        and ``c``; ``act`` a NumPy function for the inverse's activation.
+        """
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LearnedInverse(InverseKind):
+    """``learned``: ``g(h) = act(V h + others + c)``, ``V`` and ``c`` trained (the paper's ``G``)."""
+
+    name = "learned"
+    has_params = True
+
+    def groups(self, inv):
+        return tuple(g for g in (inv.weight, inv.bias) if g is not None)
+
+    def at_forward(self, runner, eng, st, b, slot, sb):
+        runner.inverse_at_forward(eng, st, b, slot, sb)
+
+    def propose(self, runner, eng, st, b, slot, sb, difference):
+        self.at_forward(runner, eng, st, b, slot, sb)
+        inv = slot.inverse
+        np.add(b.h2, b.d2, out=b.z2)  # the targets h_hat_v
+        np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
+        ref = sb.gf2 if difference else sb.x2
+        kd.inverse_finish(sb.p2, sb.og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
+
+    def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop, difference):
+        inv = slot.inverse
+        jm = eng.jit_merges.get(st.id)
+        if jm is not None:  # a compiled merge strategy, called inside the scan
+            args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
+                    eng.inv_codes[(st.id, slot.index)], inv.slope, start, stop, difference, sb.p, b.tmp)
+            if eng.gemm is not None:
+                kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
+            else:
+                kd.scan_inverse_merge(*args)
+            return
+        args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
+                inv.slope, inv_count, start, stop, difference, sb.p, b.tmp)
+        if eng.gemm is not None:
+            kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
+        else:
+            kd.scan_inverse(*args)
+
+    def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
+                  act=np.tanh):
+        if inverse_weight is None:
+            raise GraphError("inverse kind 'learned': the reference needs the inverse's weight V")
+        z = h @ np.asarray(inverse_weight).T + others
+        if inverse_bias is not None:
+            z = z + inverse_bias
+        return act(z)
+
+
+def analytic_matrix(weight, reg: float) -> np.ndarray:
+    """``M = (W^T W + reg I)^-1 W^T`` ``[n_u, n_v]`` for ``W [n_v, n_u]``, in float64 (a Cholesky solve).
+
+    ``M y`` is the minimiser of ``||W x - y||^2 + reg ||x||^2``. A non-finite
+    ``W`` gives a NaN matrix (the step's targets then fail the engine's
+    finiteness checks, which name the culprit).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    if not np.all(np.isfinite(w)):
+        return np.full(w.T.shape, np.nan)
+    a = w.T @ w
+    a[np.diag_indices_from(a)] += reg
+    factor = scipy.linalg.cho_factor(a, lower=False, check_finite=False)
+    return scipy.linalg.cho_solve(factor, w.T, check_finite=False)
+
+
+class AnalyticInverse(InverseKind):
+    """``analytic``: the regularised inverse of a tanh layer (Roulet & Harchaoui), no parameters.
+
+    ``g(h) = M (atanh(clip(h)) - sum_{i != u} W_i h_i - b)``, ``M = (W_u^T W_u
+    + reg I)^-1 W_u^T`` from the live forward weight ``W_u``; with
+    ``others="none"`` the other inputs are left out (``- b`` only). The engine
+    keeps ``M^T`` per ``(weight group, reg)`` in ``engine.inverse_mats[("analytic",
+    group, reg)]``, refreshed before each step's target pass.
+    """
+
+    name = "analytic"
+    has_params = False
+
+    def check(self, node, inv, where):
+        if node.act != "tanh":
+            raise GraphError(f"{where}: the analytic inverse inverts tanh (atanh), but node {node.name!r} has "
+                             f"act {node.act!r}; use a tanh node or kind='learned'")
+        reg = inv.reg
+        if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg <= 0:
+            raise GraphError(f"{where}: reg (the analytic inverse's regularisation) must be a finite number > 0, "
+                             f"got {reg!r}")
+        clip = inv.clip
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (0 < clip < 1):
+            raise GraphError(f"{where}: clip (of atanh's argument, into [-1 + clip, 1 - clip]) must be a number "
+                             f"in (0, 1), got {clip!r}")
+        if inv.weight is not None or inv.bias is not None:
+            raise GraphError(f"{where}: the analytic inverse has no parameter groups of its own; leave weight and "
+                             f"bias out (got {inv.weight!r}, {inv.bias!r})")
+        if inv.noise != 0:
+            raise GraphError(f"{where}: the analytic inverse is not trained, so it takes no noise (got {inv.noise!r})")
+
+    def og_size(self, n_src, n_node):
+        return n_node  # the rest of the node's pre-activation
+
+    @staticmethod
+    def _key(slot):
+        return ("analytic", slot.weight, float(slot.inverse.reg))
+
+    def setup(self, eng, slots):
+        for slot in slots:
+            key = self._key(slot)
+            if key not in eng.inverse_mats:
+                eng.inverse_mats[key] = np.zeros(eng.params[slot.weight].shape, dtype=eng.graph.dtype)
+        return True
+
+    def refresh(self, eng):
+        for key, mt in eng.inverse_mats.items():
+            if key[0] == self.name:
+                _, group, reg = key
+                np.copyto(mt, analytic_matrix(eng.params[group], reg).T)
+
+    @staticmethod
+    def _lim(eng, inv):
+        return eng.graph.dtype.type(1.0 - inv.clip)
+
+    def at_forward(self, runner, eng, st, b, slot, sb):
+        if sb.ready:
+            return
+        from .kinds import _accumulate  # the kinds import the plan, which imports the nodes that import this
+
+        inv = slot.inverse
+        node = st.node
+        if inv.others == "forward":
+            if st.chain and slot.recurrent:
+                np.copyto(sb.og, b.a)  # the non-recurrent inputs, already summed in forward
+            else:
+                _accumulate(eng, st, b, slot.index, sb.og2, eng.wt)
+        else:
+            sb.og.fill(0)
+        if node.bias:
+            sb.og2 += eng.params[node.bias]
+        kd.atanh_residual(b.h2, b.h2, sb.og2, self._lim(eng, inv), False, b.z2)
+        np.dot(b.z2, eng.inverse_mats[self._key(slot)], out=sb.gf2)
+        sb.ready = True
+
+    def propose(self, runner, eng, st, b, slot, sb, difference):
+        self.at_forward(runner, eng, st, b, slot, sb)
+        kd.atanh_residual(b.h2, b.d2, sb.og2, self._lim(eng, slot.inverse), True, b.z2)  # targets h_hat_v
+        np.dot(b.z2, eng.inverse_mats[self._key(slot)], out=sb.p2)
+        kd.subtract_into(sb.p2, sb.gf2 if difference else sb.x2)
+
+    def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop, difference):
+        mt = eng.inverse_mats[self._key(slot)]
+        lim = self._lim(eng, slot.inverse)
+        jm = eng.jit_merges.get(st.id)
+        if jm is not None:  # a compiled merge strategy, called inside the scan
+            args = (jm.fn, jm.params, b.d, b.hext, mt, sb.og, sb.gf, lim, start, stop, difference, sb.p, b.tmp)
+            if eng.gemm is not None:
+                kd.scan_analytic_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
+            else:
+                kd.scan_analytic_merge(*args)
+            return
+        args = (b.d, b.hext, mt, sb.og, sb.gf, lim, inv_count, start, stop, difference, sb.p, b.tmp)
+        if eng.gemm is not None:
+            kd.scan_analytic_cblas(eng.gemm, eng.one, eng.zero, *args)
+        else:
+            kd.scan_analytic(*args)
+
+    def report(self, runner, eng, st, b, slot, sb):
+        self.at_forward(runner, eng, st, b, slot, sb)
+        kd.inverse_residual(sb.gf, sb.x, IDENTITY, 0.0, sb.dg, sb.recon)  # 1/2 ||g(h_v) - h_u||^2 per member
+
+    def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
+                  act=None):
+        if weight is None:
+            raise GraphError("inverse kind 'analytic': the reference needs the forward weight W_u")
+        lim = 1.0 - inv.clip
+        rhs = np.arctanh(np.clip(np.asarray(h, dtype=np.float64), -lim, lim)) - others
+        if bias is not None:
+            rhs = rhs - bias
+        return rhs @ analytic_matrix(weight, inv.reg).T
+
+
+# ---------------------------------------------------------------------- the registry
+_REGISTRY: dict[str, InverseKind] = {}
+
+
+def register_inverse_kind(kind: InverseKind | type, overwrite: bool = False) -> InverseKind:
+    """Register an inverse kind (an instance, or a subclass of :class:`InverseKind`) under its ``name``.
+
+    Returns the registered instance. Raises :class:`~tpgraph.errors.GraphError`
+    if the name is taken (unless ``overwrite``) or the object is not a kind.
+    """
+    if isinstance(kind, type) and issubclass(kind, InverseKind):
+        kind = kind()
+    if not isinstance(kind, InverseKind):
+        raise GraphError(f"register_inverse_kind expects an InverseKind (instance or subclass), got {kind!r}")
+    name = kind.name
+    if not isinstance(name, str) or not name:
+        raise GraphError(f"inverse kind {type(kind).__name__} has no name (set the class attribute 'name')")
+    if name in _REGISTRY and not overwrite:
+        raise GraphError(f"inverse kind {name!r} is already registered")
+    _REGISTRY[name] = kind
+    return kind
+
+
+def known_inverse_kinds() -> list[str]:
+    """Names of all registered inverse kinds, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_inverse_kind(name, where: str | None = None) -> InverseKind:
+    """The kind registered as ``name``; a GraphError naming ``where`` and listing the known kinds otherwise."""
+    kind = _REGISTRY.get(name) if isinstance(name, str) else None
+    if kind is None:
+        prefix = f"{where}: " if where else ""
+        raise GraphError(f"{prefix}unknown inverse kind {name!r}; known: {', '.join(_REGISTRY)}")
+    return kind
+
+
+for _cls in (LearnedInverse, AnalyticInverse):
+    register_inverse_kind(_cls)
