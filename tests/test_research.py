@@ -1,0 +1,59 @@
+"""tpgraph research: variants searched like their baselines, one table, the written reading kept."""
+
+import csv
+
+import pytest
+
+from tpgraph.errors import ConfigError
+from tpgraph.studies.research import (CSV_COLUMNS, RESEARCH_BUDGETS, TASKS, VARIANTS, _final_run_dir, _spec,
+                                      inspect_cell, run_variant, write_table)
+from tpgraph.train.records import read_summary
+from tpgraph.studies.spec import parse_spec
+
+
+def test_every_variant_builds_valid_specs_for_every_task():
+    for v in VARIANTS.values():
+        for cells in TASKS.values():
+            for stage in ("search", "final"):
+                spec = parse_spec(_spec(v, cells, RESEARCH_BUDGETS["research"], stage, cells.values))
+                assert spec is not None
+    assert VARIANTS["truncate_10"].base() == {"method": {"name": "tp", "truncate": 10}}
+    # BPTT searches only what it has: no inverse learning rate, no target step
+    bptt = _spec(VARIANTS["bptt"], TASKS["copy_memory"], RESEARCH_BUDGETS["research"], "search", (50,))
+    assert "optimizer.lr_g" not in bptt["space"] and "method.alpha" not in bptt["space"]
+
+
+def test_unknown_variant_and_task_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        run_variant("nope", "copy_memory", tmp_path, RESEARCH_BUDGETS["smoke"])
+    with pytest.raises(ConfigError, match="unknown research task"):
+        run_variant("baseline", "adding", tmp_path, RESEARCH_BUDGETS["smoke"])
+
+
+def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
+    budget = RESEARCH_BUDGETS["smoke"]
+    for v in ("baseline", "truncate_10"):
+        run_variant(v, "copy_memory", tmp_path / "s", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "research.md").write_text("# Title\n\nMy reading.\n\n<!-- research-table:start -->\nold\n"
+                                     "<!-- research-table:end -->\n\nMore prose.\n")
+    res = write_table(tmp_path / "s", out, budget, command="test")
+    rows = list(csv.DictReader((out / "research.csv").open()))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["variant"], r["method"], r["T"], r["seeds"]) for r in rows] == [
+        ("baseline", "tp", "50", str(budget.final_seeds)), ("truncate_10", "tp", "50", str(budget.final_seeds))]
+    for r in rows:
+        assert 0 <= float(r["final_val_accuracy"]) <= 100 and float(r["ms_per_batch"]) > 0
+        assert float(r["baseline_loss"]) == pytest.approx(10 * 2.0794415416798357 / 70)
+    md = (out / "research.md").read_text()
+    assert "My reading." in md and "More prose." in md and "old" not in md
+    assert "| 50 | truncate_10 | tp |" in md
+    # the truncated runs really were truncated
+    assert res["rows"][1]["variant"] == "truncate_10"
+    # inspection re-runs the first final seed: the same seed retraces the same validation curve
+    info = inspect_cell(tmp_path / "s", "baseline", "copy_memory", 50, points=4)
+    first = read_summary(_final_run_dir(tmp_path / "s" / "baseline" / "copy_memory", "task.delay", 50) / "summary.json")
+    assert info["best_val_loss"] == first["best"]["val_loss"]
+    assert info["final_val_loss"] == first["final"]["val_loss"]
+    assert 0.0 <= info["angle_W_h_late"] <= 180.0
