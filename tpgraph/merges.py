@@ -17,7 +17,9 @@ displacement ``tau_i - h_u`` into the node's displacement buffer. Strategies:
     ``h_hat = h_u + clip(sum_i (tau_i - h_u))``: the summed displacement of
     each sample scaled down to Euclidean norm at most ``max_norm`` = 1 (a
     :class:`JitMerge` of :func:`clip_sum`; register other thresholds with
-    ``register_merge("clipped_0.3", clip_sum, jit=True, params=[0.3])``).
+    ``register_merge("clipped_0.3", clip_sum, jit=True, params=[0.3])``, or
+    take :func:`clipped_merge` ``(0.3)``, which runs configurations use for
+    ``method.clip``).
 
 All of these run inside the engine's compiled kernels (a chain's scan
 included), with no per-node Python call. Your own strategies come in three
@@ -199,6 +201,34 @@ def _compile(name, fn, params) -> JitMerge:
             raise GraphError(f"merge {name!r}: Numba cannot compile fn(h, d, p, k, params) for {dt.__name__} "
                              f"arrays: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return JitMerge(name, dispatcher, py, p)
+
+
+def clipped_merge(max_norm: float) -> str:
+    """The name of the ``"clipped"`` merge with threshold ``max_norm``, registered on first use.
+
+    ``"clipped"`` itself for 1; else ``"clipped(max_norm=...)"``, a
+    :class:`JitMerge` that shares the compiled :func:`clip_sum` of
+    ``"clipped"`` with its own ``params`` (so a new threshold compiles
+    nothing). This is what ``method.clip`` of a run configuration uses.
+
+    Examples
+    --------
+    >>> clipped_merge(1.0), clipped_merge(0.25)
+    ('clipped', 'clipped(max_norm=0.25)')
+    >>> get_merge(clipped_merge(0.25)).params.tolist()
+    [0.25]
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.floating, np.integer)) \
+            or not (np.isfinite(max_norm) and max_norm > 0):
+        raise GraphError(f"clipped merge: max_norm must be a finite number > 0, got {max_norm!r}")
+    v = float(max_norm)
+    if v == 1.0:
+        return "clipped"
+    name = f"clipped(max_norm={v!r})"
+    if name not in _REGISTRY:
+        base = _REGISTRY["clipped"]
+        _REGISTRY[name] = JitMerge(name, base.fn, base.py, np.array([v], dtype=np.float64))
+    return name
 
 
 def get_merge(name: str):

@@ -203,6 +203,8 @@ class MethodConfig:
                        choices=("dtp", "tp", "fa"))
     merge: str = _opt(str, "linear", "how targets meeting at a node are merged (linear: Eq. 22; mean; "
                       "or a name registered with tpgraph.register_merge)")
+    clip: float | None = _opt(float, None, "merge \"clipped\": the largest Euclidean norm of a sample's merged "
+                              "displacement (none: 1)", above=0.0, nullable=True)
     alpha: float = _opt(float, 1.0, "step size of the loss targets h - alpha dCE/dh (TP only; BPTT uses 1)",
                         above=0.0)
     noise_sigma: float = _opt(float, 0.0, "std of the Gaussian noise on h_{t-1} when training the inverse",
@@ -284,6 +286,28 @@ class ProtocolConfig:
         "changes nothing in training); 0: never", minimum=0)
 
 
+    rollback: float | None = _opt(
+        float, None, "roll back to the last healthy validation point when a point is unhealthy: its validation "
+        "loss is above this factor times the best, or its reconstruction or local loss above this factor times "
+        "their recent median (both also above rollback_floor), or a loss or weight is not finite "
+        "(tpgraph.train.stability); every learning rate is then multiplied by rollback_lr_decay; e.g. 10; "
+        "none: off", above=1.0, nullable=True)
+    rollback_lr_decay: float = _opt(float, 0.5, "rollback: the factor of every learning rate at each rollback, "
+                                    "in (0, 1]", above=0.0)
+    max_rollbacks: int = _opt(int, 5, "rollback: the most rollbacks; the next unhealthy point stops the run "
+                              "(aborted, with the last healthy state restored)", minimum=1)
+    rollback_window: int = _opt(int, 5, "rollback: the median of the reconstruction and local losses is over "
+                                "this many last healthy points", minimum=1)
+    rollback_floor: float = _opt(float, 0.05, "rollback: a validation, reconstruction or local loss at or below "
+                                 "this is never a collapse", minimum=0.0)
+    spectral_limit: float | None = _opt(
+        float, None, "keep the spectral radius of W_h and V_h at most this by rescaling them (W <- W limit / rho) "
+        "every spectral_every batches; unlike max_spectral_radius, which aborts; none: off", above=0.0,
+        nullable=True)
+    spectral_every: int = _opt(int, 10, "spectral_limit: check every this many batches (a cheap bound first, "
+                               "the eigenvalues only when the bound passes the limit)", minimum=1)
+    lr_warmup: int = _opt(int, 0, "after the inverse-only warm-up, ramp the forward and output learning rates "
+                          "linearly over this many batches (the k-th uses lr k / lr_warmup); 0: off", minimum=0)
 @dataclass(frozen=True)
 class OutputConfig:
     """``[output]``: the run folder and checkpoints."""
@@ -400,6 +424,12 @@ class Config:
 
         if self.method.trains_inverse() and p.warmup >= p.n_batches:
             raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
+        if p.rollback_lr_decay > 1.0:
+            raise ConfigError(f"protocol.rollback_lr_decay must be in (0, 1] (a decay of the learning rates), "
+                              f"got {p.rollback_lr_decay:g}")
+        if self.method.clip is not None and self.method.merge != "clipped":
+            raise ConfigError(f"method.clip is the threshold of method.merge = \"clipped\"; method.merge is "
+                              f"{self.method.merge!r}: set method.merge = \"clipped\" or leave method.clip out")
                               f"({p.n_batches}): TP would never train its forward weights")
 
     def to_dict(self) -> dict:

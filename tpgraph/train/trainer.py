@@ -55,10 +55,12 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, DivergenceError, TPGraphError
 from ..memory import MemoryEstimate, check_memory
+from ..merges import clipped_merge
 from ..models.srn import SRN
 from ..rules import get_rule
 from ..tasks import Task, make_task
 from . import checkpoint as ckpt
+from .stability import Stability, enabled as _stability_enabled
 from .config import Config, load_config, to_toml
 from .records import (METRIC_COLUMNS, RunFiles, atomic_write_json, atomic_write_text, read_summary,
                       save_weights, write_metrics_csv)
@@ -137,7 +139,7 @@ def build_model(config: Config, task: Task) -> SRN:
     return SRN(task.n_in, m.n_hidden, task.n_out, method=me.name,
                many_to_many=m.many_to_many and not task.many_to_one, dtype=m.dtype,
                seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
-               noise_sigma=me.noise_sigma, merge=me.merge, credit=me.credit, reduction=me.reduction,
+               noise_sigma=me.noise_sigma, merge=me.merge if me.clip is None else clipped_merge(me.clip), credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
                output="linear" if regression else "softmax", memory_limit=p.memory_limit,
                inverse_loss=me.inverse_loss, inverse=me.inverse, inverse_reg=me.inverse_reg, **extra)
@@ -306,6 +308,10 @@ class Trainer:
         self._divergence: DivergenceError | None = None
         self._records_only = False
         #: Alignment with BPTT every ``protocol.alignment_every`` batches (0: off): rows of alignment.csv.
+        #: The stability remedies (protocol.rollback, spectral_limit, lr_warmup: tpgraph.train.stability), or None.
+        self.stability = Stability(p, self.model, self.engine, self.warmup) if _stability_enabled(p) else None
+        #: Columns of metrics.csv: METRIC_COLUMNS, and the stability counters when a remedy is on.
+        self.metric_columns = METRIC_COLUMNS + (self.stability.columns if self.stability is not None else ())
         self.alignment_every = p.alignment_every
         self.alignment_columns: tuple[str, ...] = self._alignment_columns() if p.alignment_every else ()
         self.alignment_rows: list[dict] = []
@@ -416,22 +422,36 @@ class Trainer:
         align = self.alignment_every
         extra = self.inverse_steps - 1
         while s.batch < n and self._stop_reason is None:
+        stab = self.stability
+        rollback = stab is not None and stab.rollback is not None
+        pre = stab.before_batch if stab is not None and stab.lr_warmup else None  # protocol.lr_warmup
+        post = stab.after_batch if stab is not None and stab.spectral_limit is not None else None
             x, y = draw(rng, B)
             if align and (s.batch + 1) % align == 0:
                 self._measure_alignment(x, y, s.batch + 1)  # before the step, on its batch and parameters
             try:
+            if pre is not None:
+                pre(s.batch)
                 loss = step(x, y, update_forward=s.batch >= warmup) * scale
                 for _ in range(extra):  # protocol.inverse_steps: more inverse-only updates on this batch
                     step(x, y, update_forward=False)
             except DivergenceError as exc:
                 what = re.sub(r"^step \d+: ", "", str(exc))
-                raise DivergenceError(f"diverged at batch {s.batch + 1}: {what}", step=s.batch + 1,
-                                      quantity=exc.quantity) from exc
-            s.batch += 1
-            s.loss_sum += loss
-            s.loss_count += 1
-            for fn in on_batch:
-                fn(self, s.batch, loss)
+                err = DivergenceError(f"diverged at batch {s.batch + 1}: {what}", step=s.batch + 1,
+                                      quantity=exc.quantity)
+                if not rollback:
+                    raise err from exc
+                s.batch += 1  # protocol.rollback: the batch counts (the budget does not grow), its loss does not
+                if not self._roll_back(str(err), s.batch):
+                    return
+            else:
+                s.batch += 1
+                s.loss_sum += loss
+                s.loss_count += 1
+                if post is not None:
+                    post(s.batch)  # protocol.spectral_limit
+                for fn in on_batch:
+                    fn(self, s.batch, loss)
             if s.batch % val_every == 0 or s.batch == n:
                 self._validation_point()
                 if s.status != "running":
@@ -501,6 +521,14 @@ class Trainer:
         s.rows.append(row)
         s.loss_sum, s.loss_count = 0.0, 0
         if not math.isfinite(row["val_loss"]):
+        stab = self.stability
+        if stab is not None and stab.rollback is not None and stab.has_snapshot:
+            problem = stab.problem(row, s.best_val_loss)
+            if problem is not None:  # protocol.rollback: back to the last healthy state (or stop)
+                s.since_best += 1
+                self._roll_back(f"validation point at batch {s.batch}: {problem}", s.batch)
+                stab.annotate(row)
+                return self._end_validation_point(row, t0)
             raise DivergenceError(f"diverged at batch {s.batch}: the validation loss is not finite "
                                   f"({row['val_loss']})", step=s.batch, quantity="validation loss")
         if s.best_val_loss is None or row["val_loss"] < s.best_val_loss:
@@ -528,7 +556,15 @@ class Trainer:
                         f"points (best {s.best_val_loss:.6g} at batch {s.best_val_loss_batch})")
             self._set_status("completed", s.reason)
         if self.files is not None:
-            write_metrics_csv(self.files.metrics, s.rows)
+        if stab is not None:
+            if stab.rollback is not None and s.status == "running":
+                stab.healthy(row, s.batch)  # the snapshot a later rollback returns to
+            stab.annotate(row)
+        return self._end_validation_point(row, t0)
+
+    def _end_validation_point(self, row: dict, t0: float) -> dict:
+        s = self.state
+            write_metrics_csv(self.files.metrics, s.rows, self.metric_columns)
             self._write_alignment()
         s.eval_s += time.perf_counter() - t0
         for fn in self._hooks("on_validation"):
@@ -536,6 +572,16 @@ class Trainer:
         return row
 
     def _set_status(self, status: str, reason: str | None) -> None:
+    def _roll_back(self, reason: str, done: int) -> bool:
+        """``protocol.rollback``: restore the last healthy state and lower the rates; False: the run stopped."""
+        stab = self.stability
+        if stab.roll_back(self.state.batch, reason, done):
+            return True
+        self._set_status("aborted", f"{reason}; the protocol.max_rollbacks = {stab.max_rollbacks} rollbacks are "
+                                    f"spent: stopped, with the last healthy state (batch "
+                                    f"{stab.state.snapshot_batch}) restored")
+        return False
+
         self.state.status = status
         self.state.reason = reason
 
@@ -596,6 +642,8 @@ class Trainer:
             arrays["alignment"] = table.reshape(len(self.alignment_rows), len(cols))
             scalars["alignment_columns"] = list(cols)
         return arrays, scalars
+        if self.stability is not None:
+            self.stability.save(arrays, scalars, s.rows)
 
     def _save_checkpoint(self, resumable: bool) -> Path | None:
         if self.files is None:
@@ -711,6 +759,7 @@ class Trainer:
         for g, st in opt_states.items():
             copy.copy(self.engine.optimizers[g]).load_state_dict(dict(st))
         # everything checked: apply
+        stability = self.stability.prepare_restore(scalars, arrays, fail) if self.stability is not None else None
         self.model.params.load(params, source=source)
         for g, st in opt_states.items():
             self.engine.optimizers[g].load_state_dict(st)
@@ -726,6 +775,8 @@ class Trainer:
             state.status, state.reason = "running", None
         self.state = state
         if align_table is not None:
+        if stability is not None:
+            stability(state.rows)
             self.alignment_rows = [{c: (int(v) if c == "batch" else float(v)) for c, v in zip(self.alignment_columns, r)}
                                    for r in align_table.tolist()]
 
@@ -775,6 +826,8 @@ class Trainer:
                                        if self._alignment_calls else None),
                 "file": "alignment.csv"}
         if self._divergence is not None:
+        if self.stability is not None:
+            out.update(self.stability.summary(s.batch))
             out["divergence"] = {"batch": self._divergence.step, "quantity": self._divergence.quantity}
         from .. import __version__
         out["tpgraph_version"] = __version__
@@ -788,7 +841,7 @@ class Trainer:
         if self.files is None:
             return summary
         f = self.files
-        write_metrics_csv(f.metrics, s.rows)
+        write_metrics_csv(f.metrics, s.rows, self.metric_columns)
         self._write_alignment()
         if s.status == "diverged":
             summary["weights"] = None
