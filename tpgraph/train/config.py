@@ -284,8 +284,6 @@ class ProtocolConfig:
         int, 0, "every this many batches, measure the angles between the updates and displacements and BPTT's "
         "gradient of the same batch (alignment.csv; costs about one TP plus one BPTT step per measurement, "
         "changes nothing in training); 0: never", minimum=0)
-
-
     rollback: float | None = _opt(
         float, None, "roll back to the last healthy validation point when a point is unhealthy: its validation "
         "loss is above this factor times the best, or its reconstruction or local loss above this factor times "
@@ -308,6 +306,8 @@ class ProtocolConfig:
                                "the eigenvalues only when the bound passes the limit)", minimum=1)
     lr_warmup: int = _opt(int, 0, "after the inverse-only warm-up, ramp the forward and output learning rates "
                           "linearly over this many batches (the k-th uses lr k / lr_warmup); 0: off", minimum=0)
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     """``[output]``: the run folder and checkpoints."""
@@ -422,14 +422,14 @@ class Config:
         p = self.protocol
         from ..rules import get_rule
 
-        if self.method.trains_inverse() and p.warmup >= p.n_batches:
-            raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
         if p.rollback_lr_decay > 1.0:
             raise ConfigError(f"protocol.rollback_lr_decay must be in (0, 1] (a decay of the learning rates), "
                               f"got {p.rollback_lr_decay:g}")
         if self.method.clip is not None and self.method.merge != "clipped":
             raise ConfigError(f"method.clip is the threshold of method.merge = \"clipped\"; method.merge is "
                               f"{self.method.merge!r}: set method.merge = \"clipped\" or leave method.clip out")
+        if self.method.trains_inverse() and p.warmup >= p.n_batches:
+            raise ConfigError(f"protocol.warmup ({p.warmup}) must be smaller than protocol.n_batches "
                               f"({p.n_batches}): TP would never train its forward weights")
 
     def to_dict(self) -> dict:

@@ -307,11 +307,11 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._divergence: DivergenceError | None = None
         self._records_only = False
-        #: Alignment with BPTT every ``protocol.alignment_every`` batches (0: off): rows of alignment.csv.
         #: The stability remedies (protocol.rollback, spectral_limit, lr_warmup: tpgraph.train.stability), or None.
         self.stability = Stability(p, self.model, self.engine, self.warmup) if _stability_enabled(p) else None
         #: Columns of metrics.csv: METRIC_COLUMNS, and the stability counters when a remedy is on.
         self.metric_columns = METRIC_COLUMNS + (self.stability.columns if self.stability is not None else ())
+        #: Alignment with BPTT every ``protocol.alignment_every`` batches (0: off): rows of alignment.csv.
         self.alignment_every = p.alignment_every
         self.alignment_columns: tuple[str, ...] = self._alignment_columns() if p.alignment_every else ()
         self.alignment_rows: list[dict] = []
@@ -421,17 +421,17 @@ class Trainer:
         scale = self._loss_scale
         align = self.alignment_every
         extra = self.inverse_steps - 1
-        while s.batch < n and self._stop_reason is None:
         stab = self.stability
         rollback = stab is not None and stab.rollback is not None
         pre = stab.before_batch if stab is not None and stab.lr_warmup else None  # protocol.lr_warmup
         post = stab.after_batch if stab is not None and stab.spectral_limit is not None else None
+        while s.batch < n and self._stop_reason is None:
             x, y = draw(rng, B)
             if align and (s.batch + 1) % align == 0:
                 self._measure_alignment(x, y, s.batch + 1)  # before the step, on its batch and parameters
-            try:
             if pre is not None:
                 pre(s.batch)
+            try:
                 loss = step(x, y, update_forward=s.batch >= warmup) * scale
                 for _ in range(extra):  # protocol.inverse_steps: more inverse-only updates on this batch
                     step(x, y, update_forward=False)
@@ -520,7 +520,6 @@ class Trainer:
         }
         s.rows.append(row)
         s.loss_sum, s.loss_count = 0.0, 0
-        if not math.isfinite(row["val_loss"]):
         stab = self.stability
         if stab is not None and stab.rollback is not None and stab.has_snapshot:
             problem = stab.problem(row, s.best_val_loss)
@@ -529,6 +528,7 @@ class Trainer:
                 self._roll_back(f"validation point at batch {s.batch}: {problem}", s.batch)
                 stab.annotate(row)
                 return self._end_validation_point(row, t0)
+        if not math.isfinite(row["val_loss"]):
             raise DivergenceError(f"diverged at batch {s.batch}: the validation loss is not finite "
                                   f"({row['val_loss']})", step=s.batch, quantity="validation loss")
         if s.best_val_loss is None or row["val_loss"] < s.best_val_loss:
@@ -555,7 +555,6 @@ class Trainer:
             s.reason = (f"early stop at batch {s.batch}: no better validation loss for {patience} validation "
                         f"points (best {s.best_val_loss:.6g} at batch {s.best_val_loss_batch})")
             self._set_status("completed", s.reason)
-        if self.files is not None:
         if stab is not None:
             if stab.rollback is not None and s.status == "running":
                 stab.healthy(row, s.batch)  # the snapshot a later rollback returns to
@@ -564,6 +563,7 @@ class Trainer:
 
     def _end_validation_point(self, row: dict, t0: float) -> dict:
         s = self.state
+        if self.files is not None:
             write_metrics_csv(self.files.metrics, s.rows, self.metric_columns)
             self._write_alignment()
         s.eval_s += time.perf_counter() - t0
@@ -571,7 +571,6 @@ class Trainer:
             fn(self, row)
         return row
 
-    def _set_status(self, status: str, reason: str | None) -> None:
     def _roll_back(self, reason: str, done: int) -> bool:
         """``protocol.rollback``: restore the last healthy state and lower the rates; False: the run stopped."""
         stab = self.stability
@@ -582,6 +581,7 @@ class Trainer:
                                     f"{stab.state.snapshot_batch}) restored")
         return False
 
+    def _set_status(self, status: str, reason: str | None) -> None:
         self.state.status = status
         self.state.reason = reason
 
@@ -641,9 +641,9 @@ class Trainer:
                              dtype=np.float64)
             arrays["alignment"] = table.reshape(len(self.alignment_rows), len(cols))
             scalars["alignment_columns"] = list(cols)
-        return arrays, scalars
         if self.stability is not None:
             self.stability.save(arrays, scalars, s.rows)
+        return arrays, scalars
 
     def _save_checkpoint(self, resumable: bool) -> Path | None:
         if self.files is None:
@@ -758,8 +758,8 @@ class Trainer:
         # validate the optimiser states on throw-away copies before touching the live ones
         for g, st in opt_states.items():
             copy.copy(self.engine.optimizers[g]).load_state_dict(dict(st))
-        # everything checked: apply
         stability = self.stability.prepare_restore(scalars, arrays, fail) if self.stability is not None else None
+        # everything checked: apply
         self.model.params.load(params, source=source)
         for g, st in opt_states.items():
             self.engine.optimizers[g].load_state_dict(st)
@@ -774,9 +774,9 @@ class Trainer:
         if resumable:
             state.status, state.reason = "running", None
         self.state = state
-        if align_table is not None:
         if stability is not None:
             stability(state.rows)
+        if align_table is not None:
             self.alignment_rows = [{c: (int(v) if c == "batch" else float(v)) for c, v in zip(self.alignment_columns, r)}
                                    for r in align_table.tolist()]
 
@@ -825,9 +825,9 @@ class Trainer:
                 "ms_per_measurement": (1e3 * self._alignment_s / self._alignment_calls
                                        if self._alignment_calls else None),
                 "file": "alignment.csv"}
-        if self._divergence is not None:
         if self.stability is not None:
             out.update(self.stability.summary(s.batch))
+        if self._divergence is not None:
             out["divergence"] = {"batch": self._divergence.step, "quantity": self._divergence.quantity}
         from .. import __version__
         out["tpgraph_version"] = __version__
