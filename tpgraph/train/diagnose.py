@@ -187,7 +187,8 @@ def _reading(d: Diagnosis, metrics: dict, far: float, back: float) -> str:
         names = {"reconstruction_loss": "the reconstruction loss", "local_loss": "the local loss",
                  "spectral_radius_W_h": "rho(W_h)", "spectral_radius_V_h": "rho(V_h)"}
         if jumped:
-            lines.append("  Jumped at the collapse point or the one before: " + ", ".join(names[q] for q in jumped) + ".")
+            lines.append("  Jumped at the collapse point or the one before: "
+                         + ", ".join(names[q] for q in jumped) + ".")
         else:
             lines.append("  Nothing watched jumped before it.")
         lines.append(f"  Recovered below {far:g} x the reference at batch {c.recovered_batch}."

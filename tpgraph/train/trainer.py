@@ -139,7 +139,8 @@ def build_model(config: Config, task: Task) -> SRN:
     return SRN(task.n_in, m.n_hidden, task.n_out, method=me.name,
                many_to_many=m.many_to_many and not task.many_to_one, dtype=m.dtype,
                seed=p.seed, alpha=me.alpha, optimizer=o.name, lr_f=o.lr_f, lr_g=o.lr_g, lr_y=o.lr_y,
-               noise_sigma=me.noise_sigma, merge=me.merge if me.clip is None else clipped_merge(me.clip), credit=me.credit, reduction=me.reduction,
+               noise_sigma=me.noise_sigma, merge=me.merge if me.clip is None else clipped_merge(me.clip),
+               credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
                output="linear" if regression else "softmax", memory_limit=p.memory_limit,
                inverse_loss=me.inverse_loss, inverse=me.inverse, inverse_reg=me.inverse_reg, **extra)
