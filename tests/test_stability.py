@@ -335,8 +335,13 @@ def test_diagnose_finds_a_collapse_and_what_jumped(tmp_path):
     assert len(d.collapses) == 1
     c = d.collapses[0]
     assert c.batch == 2000 and c.previous_batch == 1750 and c.recovered_batch is None
-    assert c.jumped() == ["local_loss", "spectral_radius_V_h"]
+    assert c.jumped() == ["local_loss", "spectral_radius_V_h"] and not c.rolled_back
     assert "Collapse at batch 2000" in d.text and "the local loss, rho(V_h)" in d.text
+    # a rollback at the collapse point is read from the rollbacks column
+    write_metrics_csv(tmp_path / "metrics.csv", [dict(r, rollbacks=int(r["batch"] >= 2000)) for r in rows],
+                      METRIC_COLUMNS + ("rollbacks",))
+    d = diagnose(tmp_path)
+    assert d.collapses[0].rolled_back and d.rollbacks == 1 and "Rolled back there" in d.text
     # no collapse without having been far below the baseline first
     write_metrics_csv(tmp_path / "metrics.csv", [dict(r, val_loss=0.3) for r in rows])
     assert diagnose(tmp_path).collapses == [] and "No collapse" in diagnose(tmp_path).text

@@ -56,6 +56,7 @@ class Collapse:
     ratios: dict = field(default_factory=dict)      # quantity -> value at the collapse / median before
     ratios_before: dict = field(default_factory=dict)  # the same at the point before the collapse
     recovered_batch: int | None = None  # the first point far below the reference again (None: never)
+    rolled_back: bool = False      # protocol.rollback restored the last healthy state at this point
 
     def jumped(self) -> list[str]:
         """The quantities that jumped (losses x10) or rose (radii x1.05) at the collapse or the point before."""
@@ -117,6 +118,8 @@ def find_collapses(metrics: dict, reference: float, *, far: float = 0.01, back: 
                     med = _median_before(col, j, window)
                     c.ratios[q] = (float(col[i]) / med if math.isfinite(med) and med > 0 else math.nan)
                     c.ratios_before[q] = _ratio(col, j, window)
+            rb = metrics.get("rollbacks")
+            c.rolled_back = bool(rb is not None and rb[i] > rb[j])
             out.append(c)
             below = False
             continue
@@ -191,6 +194,8 @@ def _reading(d: Diagnosis, metrics: dict, far: float, back: float) -> str:
                          + ", ".join(names[q] for q in jumped) + ".")
         else:
             lines.append("  Nothing watched jumped before it.")
+        if c.rolled_back:
+            lines.append("  Rolled back there (protocol.rollback) to the last healthy state.")
         lines.append(f"  Recovered below {far:g} x the reference at batch {c.recovered_batch}."
                      if c.recovered_batch is not None else "  Never recovered.")
     if d.rollbacks is not None:
