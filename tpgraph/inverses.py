@@ -19,7 +19,7 @@ and how it proposes; they never test its name.
     ``g(h) = (W_u^T W_u + reg I)^-1 W_u^T (atanh(clip(h)) - sum_{i != u} W_i h_i - b)``
     with ``clip(h)`` into ``[-1 + clip, 1 - clip]``. It has no parameters and
     is not trained; the matrix ``M = (W_u^T W_u + reg I)^-1 W_u^T`` is rebuilt
-    from the live forward weight before every target pass (one Cholesky
+    from the live forward weight before every target pass (one linear
     solve per weight group and ``reg``, :meth:`AnalyticInverse.refresh`). Its
     reconstruction loss ``1/2 ||g(h_v) - h_u||^2`` is reported like the learned
     one's (it measures what the regularisation and the clip cost), never
@@ -38,7 +38,6 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
-import scipy.linalg
 
 from .errors import GraphError
 from .kernels import dense as kd
@@ -160,19 +159,21 @@ class LearnedInverse(InverseKind):
 
 
 def analytic_matrix(weight, reg: float) -> np.ndarray:
-    """``M = (W^T W + reg I)^-1 W^T`` ``[n_u, n_v]`` for ``W [n_v, n_u]``, in float64 (a Cholesky solve).
+    """``M = (W^T W + reg I)^-1 W^T`` ``[n_u, n_v]`` for ``W [n_v, n_u]``, in float64 (one linear solve).
 
     ``M y`` is the minimiser of ``||W x - y||^2 + reg ||x||^2``. A non-finite
     ``W`` gives a NaN matrix (the step's targets then fail the engine's
-    finiteness checks, which name the culprit).
+    finiteness checks, which name the culprit). NumPy's LAPACK, not SciPy's:
+    SciPy ships a second OpenBLAS whose threads, busy-waiting between calls,
+    slowed NumPy's products (the rest of the step) by an order of magnitude
+    on a loaded two-core machine.
     """
     w = np.asarray(weight, dtype=np.float64)
     if not np.all(np.isfinite(w)):
         return np.full(w.T.shape, np.nan)
     a = w.T @ w
     a[np.diag_indices_from(a)] += reg
-    factor = scipy.linalg.cho_factor(a, lower=False, check_finite=False)
-    return scipy.linalg.cho_solve(factor, w.T, check_finite=False)
+    return np.linalg.solve(a, w.T)  # a is symmetric positive definite (reg > 0): always solvable
 
 
 class AnalyticInverse(InverseKind):
