@@ -625,6 +625,8 @@ class Engine:
         if not slot.propose or sb.p is None or (slot.recurrent and k == 0 and not st.propose_init):
             raise GraphError(f"edge {source!r} -> {consumer!r} carries no credit (rule {slot.rule!r}, "
                              f"or {source!r} needs no target)")
+        if slot.cut is not None and slot.cut[k]:
+            raise GraphError(f"edge {source!r} -> {consumer!r} is cut (Graph.cut): it carries no credit")
         _, sbuf, j = self._locate(source)
         return sbuf.h[j] + sb.p[k]
 

@@ -86,6 +86,32 @@ def _accumulate(eng, st, b, exclude, out2, weights_t):
     return not first
 
 
+def _cut_ranges(ranges, cuts, fused):
+    """The scan ranges ``(start, end)`` of a chain split at its cut members.
+
+    Member ``c`` in ``cuts`` proposes nothing to ``c - 1``: a range that
+    covers ``c`` ends at ``c + 1`` (whose proposal still merges into ``c``),
+    and the next starts at ``c - 1``, finalised afresh. A range with
+    ``start < end`` only finalises its member's merge.
+    """
+    cut = set(cuts)
+    out = []
+    for start, end in ranges:
+        if not fused:  # one member at a time (python merges): a cut member is only finalised
+            out.append((start, start + 1) if start in cut else (start, end))
+            continue
+        seg = start
+        for k in range(start, end - 1, -1):
+            if k in cut:
+                out.append((seg, k + 1))
+                seg = k - 1
+        if seg >= end:
+            out.append((seg, end))
+        elif seg == end - 1 and seg >= 0:  # the cut was at ``end``: member end - 1 still needs its merge
+            out.append((seg, seg + 1))
+    return out
+
+
 class DenseRunner:
     """``h = act(sum_i W_i h_i + b)``; softmax outputs are dense with identity activation."""
 
@@ -161,14 +187,19 @@ class DenseRunner:
         credit.prepare(self, eng, st, b, slot, sb)
         fused = st.fused_merge
         inv_count = b.inv_count if fused else b.ones
+        cuts = st.cut_members
         # python merges: one member at a time, the merge called between kernel calls
         ranges = [(m - 1, stop)] if fused else [(k, k) for k in range(m - 1, -1, -1)]
+        if cuts:  # truncation (Graph.cut): segments scanned apart, member c proposes nothing to c - 1
+            ranges = _cut_ranges(ranges, cuts, fused)
+            for c in cuts:
+                sb.p[c].fill(0)
         for start, end in ranges:
             eng.finalize_merge(st, b, [start])
             if start < end:
                 continue
             credit.scan(eng, st, b, slot, sb, code, inv_count, start, end)
-        if not credit.scan_computes_delta or not fused:
+        if cuts or not credit.scan_computes_delta or not fused:
             mul_deriv(b.d2, b.h2, code, node.slope, b.delta2)
         elif stop == 1:  # the scan stopped before the head: only its delta is missing
             mul_deriv(b.d[0], b.h[0], code, node.slope, b.delta[0])

@@ -220,6 +220,8 @@ class MethodConfig:
     inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
                               "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
                               above=0.0)
+    truncate: int | None = _opt(int, None, "cut the credit back in time every this many steps (truncated TP; "
+                                "truncated BPTT with name = bptt); none: never", minimum=1, nullable=True)
     reduction: str = _opt(str, "mean", "the cross-entropy over the batch: mean (the authors' convention: "
                           "per-sample step alpha / batch_size) or sum (per-sample step alpha)",
                           choices=("mean", "sum"))

@@ -143,7 +143,8 @@ def build_model(config: Config, task: Task) -> SRN:
                credit=me.credit, reduction=me.reduction,
                fast_tanh=m.fast_tanh, optimizer_options=o.options(), inputs=task.input_kind,
                output="linear" if regression else "softmax", memory_limit=p.memory_limit,
-               inverse_loss=me.inverse_loss, inverse=me.inverse, inverse_reg=me.inverse_reg, **extra)
+               inverse_loss=me.inverse_loss, truncate=me.truncate, inverse=me.inverse,
+               inverse_reg=me.inverse_reg, **extra)
 
 
 def data_stream(seed: int) -> np.random.Generator:
