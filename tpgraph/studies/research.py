@@ -99,6 +99,9 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("spectral_1.5", "tp", {"protocol.spectral_limit": 1.5},
             "spectral radius of W_h and V_h kept at most 1.5"),
     Variant("lr_warmup", "tp", {"protocol.lr_warmup": 1000}, "forward learning rates ramped up over 1000 batches"),
+    Variant("clip", "tp", {"method.merge": "clipped"},
+            "target-step clipping: each sample's merged displacement clipped to norm method.clip (searched)",
+            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
 )
 
 
