@@ -238,6 +238,7 @@ class Engine:
         self._all_members = {st.id: np.arange(st.m, dtype=np.int64) for st in self.plan.stacks}
         self._zero_blocks: dict[tuple, np.ndarray] = {}
         self._scale_scratch: dict[tuple, tuple] = {}
+        self._scratch: dict = {}
         self._last = None
 
     def __repr__(self):
@@ -488,6 +489,13 @@ class Engine:
             tmp = self._gtmp[group]
             np.dot(a, b, out=tmp)
             self.grads[group] += tmp
+
+    def scratch(self, key, shape) -> np.ndarray:
+        """A scratch array of the graph's dtype for ``key`` (a rule's or kind's own), made once per shape."""
+        arr = self._scratch.get(key)
+        if arr is None or arr.shape != tuple(shape):
+            arr = self._scratch[key] = np.zeros(shape, dtype=self.graph.dtype)
+        return arr
 
     def deliver(self, st, slot, sb) -> None:
         """Add a slot's proposals (displacements) into its sources' displacement buffers."""

@@ -24,7 +24,10 @@ pre-activation and ``f'`` its activation's derivative:
     needs forward weights to stand in for, and a feedback matrix (made by the
     engine, seeded, never trained);
 ``"none"`` (:class:`NoCredit`)
-    no credit flows.
+    no credit flows;
+``"dtp_after"`` (:class:`DifferenceTargetPropAfter`, Roulet & Harchaoui)
+    dtp with the consumer's displacements split (propagated by inversion /
+    the rest) and inverted apart: merged *after* inversion, not before.
 
 Each rule also carries a plain-NumPy :meth:`CreditRule.reference` of its
 proposal for one edge of a dense node, against which the kernels are tested.
@@ -252,6 +255,89 @@ class TargetProp(_InverseRule):
         return inverse(h_hat_v)
 
 
+class DifferenceTargetPropAfter(DifferenceTargetProp):
+    """``dtp_after``: dtp with the displacements merged *after* inversion (Roulet & Harchaoui).
+
+    ``dtp`` inverts the consumer's merged target: ``tau = h_u + g(h_v + d) -
+    g(h_v)`` with ``d = sum_i d_i`` (the displacements merged *before*
+    inversion). ``dtp_after`` inverts two parts of ``d`` apart and adds the
+    results in ``u``'s space:
+
+        tau = h_u + [g(h_v + d_inv) - g(h_v)] + [g(h_v + d_rest) - g(h_v)]
+
+    where ``d_inv`` is what reached ``v`` along edges that themselves
+    propose through an inverse (in the unrolled SRN: the target propagated
+    from ``h_{t+1}``) and ``d_rest`` the rest (the step target from ``y_t``).
+    With a linear ``g`` the two agree; they differ where ``g`` bends. In a
+    chain the scan runs unchanged on the propagated part: before it, every
+    member's ``q_k = g(h_k + d_rest_k) - g(h_k)`` is computed in one batched
+    product and planted in member ``k - 1``'s displacement; after it, the
+    rest is added back. It needs the linear merge and uncut chains.
+    """
+
+    name = "dtp_after"
+
+    @staticmethod
+    def _check(st, eng):
+        if st.merge_kind != "linear":
+            raise GraphError(f"rule 'dtp_after' at node {st.members[0]!r}: the displacements are split and inverted "
+                             f"apart, which needs the linear merge (got merge {st.merge!r})")
+        if st.cut_members:
+            raise GraphError(f"rule 'dtp_after' at node {st.members[0]!r}: not with cut edges (truncation)")
+
+    def prepare(self, runner, eng, st, b, slot, sb) -> None:
+        super().prepare(runner, eng, st, b, slot, sb)
+        if not (st.chain and slot.recurrent):
+            return
+        self._check(st, eng)
+        rest = eng.scratch(("dtp_after_rest", st.id), b.d.shape)
+        q = eng.scratch(("dtp_after_q", st.id), sb.p.shape)
+        np.copyto(rest, b.d)  # every delivery but the scan's own has arrived
+        slot.inverse.impl.propose(runner, eng, st, b, slot, sb, True)  # p_k = g(h_k + rest_k) - g(h_k), all k
+        np.copyto(q, sb.p)
+        b.d[:-1] = q[1:]  # member k - 1 starts from q_k; the scan adds g(h_k + d'_k) - g(h_k)
+        b.d[-1] = 0
+
+    def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop) -> None:
+        super().scan(eng, st, b, slot, sb, code, inv_count, start, stop)
+        if stop <= 1:  # the last range of the chain: the propagated parts are final
+            rest = eng.scratch(("dtp_after_rest", st.id), b.d.shape)
+            q = eng.scratch(("dtp_after_q", st.id), sb.p.shape)
+            sb.p += q  # each member's whole proposal to its predecessor
+            b.d += rest  # each member's merged displacement: propagated part + the rest
+
+    def propose(self, runner, eng, st, b, slot, sb) -> None:
+        self._check(st, eng)
+        impl = slot.inverse.impl
+        d_inv = eng.scratch(("dtp_after_inv", st.id), b.d.shape)
+        keep = eng.scratch(("dtp_after_keep", st.id), b.d.shape)
+        part = eng.scratch(("dtp_after_part", st.id, slot.index), sb.p.shape)
+        d_inv.fill(0)
+        for k, incoming in enumerate(st.incoming):
+            for cs, si, ck in incoming:
+                src_slot = eng.plan.stacks[cs].slots[si]
+                if src_slot.credit.needs_inverse:
+                    d_inv[k] += eng.buf.stacks[cs].slots[si].p[ck]
+        np.copyto(keep, b.d)
+        try:
+            np.copyto(b.d, d_inv)
+            impl.propose(runner, eng, st, b, slot, sb, True)
+            np.copyto(part, sb.p)
+            np.subtract(keep, d_inv, out=b.d)
+            impl.propose(runner, eng, st, b, slot, sb, True)
+        finally:
+            np.copyto(b.d, keep)
+        sb.p += part
+
+    def reference(self, h_u, h_v, h_hat_v, *, inverse=None, parts=None, **kw):
+        """``parts``: the displacements inverted apart (their sum is ``h_hat_v - h_v``); none: plain dtp."""
+        if inverse is None:
+            raise GraphError(f"rule {self.name!r}: the reference needs the inverse g")
+        if parts is None:
+            parts = [h_hat_v - h_v]
+        return h_u + sum(inverse(h_v + d) - inverse(h_v) for d in parts)
+
+
 # ---------------------------------------------------------------------- the registry
 _REGISTRY: dict[str, CreditRule] = {}
 
@@ -289,5 +375,5 @@ def get_rule(name, where: str | None = None) -> CreditRule:
     return rule
 
 
-for _cls in (DifferenceTargetProp, TargetProp, Gradient, FeedbackAlignment, NoCredit):
+for _cls in (DifferenceTargetProp, TargetProp, Gradient, FeedbackAlignment, NoCredit, DifferenceTargetPropAfter):
     register_rule(_cls)

@@ -199,8 +199,9 @@ class MethodConfig:
     name: str = _opt(str, "tp", "tp (target propagation) or bptt (backpropagation through time)",
                      choices=("tp", "bptt"))
     credit: str = _opt(str, "dtp", "TP's rule back in time: dtp (difference TP, Eq. 19), tp (Eq. 11) or fa "
-                       "(feedback alignment: a fixed random matrix for W_h^T; no inverse, no warm-up)",
-                       choices=("dtp", "tp", "fa"))
+                       "(feedback alignment: a fixed random matrix for W_h^T; no inverse, no warm-up) or dtp_after "
+                       "(dtp with the step and the propagated displacements inverted apart and added after "
+                       "inversion, Roulet & Harchaoui)", choices=("dtp", "tp", "fa", "dtp_after"))
     merge: str = _opt(str, "linear", "how targets meeting at a node are merged (linear: Eq. 22; mean; "
                       "or a name registered with tpgraph.register_merge)")
     clip: float | None = _opt(float, None, "merge \"clipped\": the largest Euclidean norm of a sample's merged "
