@@ -79,9 +79,12 @@ def reference_engine(engine: Engine) -> Engine:
 
     Every credit edge ``gradient``, every loss's ``alpha`` 1 (so displacements
     are ``-dL/dh`` and local gradients ``dL/dtheta``), the linear merge, the
-    same activation codes. Its optimisers are never used.
+    same activation codes, and the edges that a joint inverse cut restored
+    (:meth:`~tpgraph.graph.Graph.context_cuts`). Its optimisers are never used.
     """
     graph = engine.graph.with_rules("gradient")
+    for u, s in graph.context_cuts():  # a joint inverse's cuts replace the merge: the gradient has the edge
+        graph.uncut(u, s)
     graph.merge = "linear"
     for n in graph.nodes:
         if n.is_loss:

@@ -17,6 +17,11 @@ from .nodes import Dense, IndexInput
 from .plan import Plan, Stack
 
 
+def _context_preact(plan: Plan, slot) -> bool:
+    """A joint inverse trained with noise whose siblings are not linear: their pre-activations need a buffer."""
+    return slot.inverse.noise > 0 and plan.stacks[slot.context.src].node.act != "identity"
+
+
 def _2d(a):
     return a.reshape(-1, a.shape[-1])
 
@@ -31,7 +36,8 @@ class SlotBuffers:
     """Arrays of one input slot of a stack."""
 
     __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
-                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready")
+                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready",
+                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2")
 
     def __init__(self):
         for name in self.__slots__:
@@ -117,6 +123,13 @@ class StackBuffers:
                     if slot.inverse.loss == "difference":
                         # the difference loss's gradient at the clean pre-activation (g(f(h_u)))
                         sb.dgf, sb.dgf2 = _pair((m, B, ns), dtype)
+            ctx = slot.context
+            if ctx is not None:  # a joint inverse: its siblings' values, targets (noisy values), og at the targets
+                sb.cy, sb.cy2 = _pair((m, B, ctx.size), dtype)
+                sb.cz, sb.cz2 = _pair((m, B, ctx.size), dtype)
+                sb.ogt, sb.ogt2 = _pair((m, B, slot.inverse.impl.og_size(ns, n)), dtype)
+                if _context_preact(plan, slot):
+                    sb.cpre, sb.cpre2 = _pair((plan.stacks[ctx.src].m, B, ctx.size), dtype)
             self.slots.append(sb)
 
 
@@ -193,4 +206,10 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                     add(real, 2, m, B, n)  # fn, aj
                     if slot.inverse.loss == "difference":
                         add(real, m, B, ns)  # dgf
+            ctx = slot.context
+            if ctx is not None:
+                add(real, 2, m, B, ctx.size)  # cy, cz
+                add(real, m, B, slot.inverse.impl.og_size(ns, n))  # ogt
+                if _context_preact(plan, slot):
+                    add(real, plan.stacks[ctx.src].m, B, ctx.size)  # cpre
     return {k: v for k, v in out.items() if v}

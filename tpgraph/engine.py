@@ -177,6 +177,7 @@ class Engine:
                 weight_groups.update(st.node.weights)
                 weight_groups.update(s.inverse.weight for s in st.slots if s.inverse is not None
                                      and s.credit.needs_inverse and s.inverse.impl.has_params)
+                weight_groups.update(s.context.group for s in st.slots if s.context is not None)
         self.wt = {g: np.ascontiguousarray(self.params[g].T) for g in sorted(weight_groups)}
         # what inverse kinds derive from the live parameters (the analytic inverse: the transposed
         # (W^T W + reg I)^-1 W^T per weight group and reg), rebuilt before each step's target pass

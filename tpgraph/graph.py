@@ -201,7 +201,8 @@ class Graph:
     def add_inverse(self, node: str, of: str, weight: str | None = None, bias: str | None = None, act: str = "tanh",
                     others: str = "forward", noise: float = 0.0, slope: float = 0.01,
                     loss: str = "reconstruction", kind: str = "learned", reg: float = ANALYTIC_REG,
-                    clip: float = ANALYTIC_CLIP) -> None:
+                    clip: float = ANALYTIC_CLIP, context: str | None = None,
+                    context_size: int | None = None) -> None:
         """Attach an inverse ``g`` of dense ``node`` with respect to its input ``of`` (learned by default).
 
         ``g(h) = act(V h + others + c)`` with ``V`` = group ``weight`` and ``c`` =
@@ -219,6 +220,14 @@ class Graph:
         takes no ``weight``, ``bias`` or ``noise`` (nothing is trained) and uses
         ``reg > 0`` and ``clip`` (atanh's argument into ``[-1 + clip, 1 - clip]``);
         ``reg`` and ``clip`` are ignored by the learned kind.
+
+        ``context`` (a group name, learned kind only) makes ``g`` a many-to-one
+        ("joint") inverse that also reads the value, and at the targets the
+        target, of the one other consumer ``s`` of ``of`` through that group
+        (``[n_of, n_s]``): ``g(h, h_s) = act(V h + V_s h_s + others + c)``.
+        Cut the edge ``of -> s`` (:meth:`cut`) where the joint inverse replaces
+        the merge. ``context_size`` gives ``n_s`` where no consumer of the
+        graph has a sibling to take it from. See :class:`~tpgraph.nodes.Inverse`.
         """
         n = self.node(node)
         if not isinstance(n, Dense):
@@ -245,10 +254,25 @@ class Graph:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'difference' "
                              f"(1/2 ||g(f(h + eps)) - g(f(h)) - eps||^2) is identically 0 without noise; "
                              f"give noise > 0 or use loss 'reconstruction'")
+        if context is not None:
+            if not impl.supports_context:
+                raise GraphError(f"{where}: kind {kind!r} takes no context (a many-to-one inverse is learned: "
+                                 f"use kind='learned'), got context={context!r}")
+            if not isinstance(context, str) or not context:
+                raise GraphError(f"{where}: context must be a parameter group name, got {context!r}")
+            if context in (weight, bias):
+                raise GraphError(f"{where}: context group {context!r} is also the inverse's weight or bias; "
+                                 f"name a group of its own")
+        if context_size is not None and (isinstance(context_size, bool) or not isinstance(context_size, int)
+                                         or context_size < 1):
+            raise GraphError(f"{where}: context_size must be a positive int, got {context_size!r}")
+        if context_size is not None and context is None:
+            raise GraphError(f"{where}: context_size without a context group")
         inv = Inverse(of=of, weight=weight, bias=bias, act=act, others=others, noise=float(noise),
                       slope=float(slope), loss=loss, kind=kind,
                       reg=float(reg) if isinstance(reg, (int, float)) and not isinstance(reg, bool) else reg,
-                      clip=float(clip) if isinstance(clip, (int, float)) and not isinstance(clip, bool) else clip)
+                      clip=float(clip) if isinstance(clip, (int, float)) and not isinstance(clip, bool) else clip,
+                      context=context, context_size=context_size)
         impl.check(n, inv, where)
         n.inverses[of] = inv
 
@@ -275,6 +299,30 @@ class Graph:
             raise GraphError(f"graph {self.name!r}: cannot cut {source!r} -> {consumer!r}, there is no such edge")
         self.nx.edges[source, consumer]["cut"] = True
         self.cuts.add((source, consumer))
+
+    def uncut(self, source: str, consumer: str) -> None:
+        """Undo :meth:`cut` on edge ``source -> consumer`` (credit flows on it again)."""
+        if (source, consumer) not in self.cuts:
+            raise GraphError(f"graph {self.name!r}: edge {source!r} -> {consumer!r} is not cut")
+        self.cuts.discard((source, consumer))
+        self.nx.edges[source, consumer]["cut"] = False
+
+    def context_cuts(self) -> set:
+        """The cut edges ``u -> s`` that a joint inverse replaces (``s`` the context sibling of an inverse of ``u``).
+
+        They are part of the many-to-one inverse, not truncation: a gradient
+        reference of the graph (:func:`tpgraph.alignment.reference_engine`)
+        restores them.
+        """
+        out = set()
+        for n in self.nodes:
+            for of, inv in getattr(n, "inverses", {}).items():
+                if inv.context is None or of not in self.nx:
+                    continue
+                s = self.sibling(n.name, of)
+                if s is not None and (of, s.name) in self.cuts:
+                    out.add((of, s.name))
+        return out
 
     def init(self, group: str, spec) -> None:
         """Set the initialiser of parameter group ``group``.
@@ -341,7 +389,8 @@ class Graph:
             if not isinstance(invs, Mapping):
                 raise GraphError(f"node {v!r}: attribute 'inverses' must map an input name to an inverse "
                                  f"(a tpgraph.Inverse or a dict of its fields), got {invs!r}")
-            allowed = {"weight", "bias", "act", "others", "noise", "slope", "loss", "kind", "reg", "clip"}
+            allowed = {"weight", "bias", "act", "others", "noise", "slope", "loss", "kind", "reg", "clip",
+                       "context", "context_size"}
             for of, inv in invs.items():
                 if isinstance(inv, Inverse):
                     fields = {k: getattr(inv, k) for k in allowed}
@@ -467,6 +516,8 @@ class Graph:
                 impl.check(n, inv, where)
                 if isinstance(self.node(of), IndexInput):
                     raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: integer data has no inverse")
+                if inv.context is not None:
+                    self._validate_context(n, of, inv, where)
                 # the other inputs are summed into the inverse's buffer og: it must be as wide as the node
                 if inv.others == "forward" and len(n.inputs) > 1 and impl.og_size(self._size(of), n.size) != n.size:
                     raise GraphError(
@@ -516,6 +567,40 @@ class Graph:
         merge = getattr(n, "merge", None)
         if merge is not None:
             check_merge(merge, f"node {n.name!r}")
+
+    def sibling(self, node: str, of: str):
+        """The one consumer of ``of`` other than ``node`` (a joint inverse's context), or None if there is none.
+
+        Raises a GraphError naming both when ``of`` has more than one other
+        consumer, or one that is not a dense node.
+        """
+        others = [c for c in self.nx.succ[of] if c != node]
+        if not others:
+            return None
+        where = f"inverse of node {node!r} with respect to {of!r}"
+        if len(others) > 1:
+            raise GraphError(f"{where}: its context is the one other consumer of {of!r}, but {of!r} feeds "
+                             f"{sorted(others)} besides {node!r}")
+        s = self.node(others[0])
+        if not isinstance(s, Dense):
+            raise GraphError(f"{where}: the other consumer {s.name!r} of {of!r} is a {s.kind} node; a context "
+                             f"must be a dense node (its value act(W h + ... + b) is recomputed from a "
+                             f"corrupted {of!r} when the inverse is trained)")
+        return s
+
+    def _validate_context(self, n: Dense, of: str, inv: Inverse, where: str) -> None:
+        """A joint inverse: at most one dense sibling, of the context's width, before the rule that uses it."""
+        if not inv.impl.supports_context:
+            raise GraphError(f"{where}: kind {inv.kind!r} takes no context (a many-to-one inverse is learned: "
+                             f"use kind='learned'), got context={inv.context!r}")
+        rule = get_rule(n.rules[n.inputs.index(of)])
+        if rule.needs_inverse and not rule.takes_context:
+            raise GraphError(f"{where}: edge {of!r} -> {n.name!r} has rule {rule.name!r}, which does not take "
+                             f"a many-to-one inverse (context {inv.context!r}); use 'dtp' or 'tp'")
+        s = self.sibling(n.name, of)
+        if s is not None and inv.context_size is not None and s.size != inv.context_size:
+            raise GraphError(f"{where}: context {inv.context!r} reads {s.name!r} of shape ({s.size},), but "
+                             f"context_size is {inv.context_size}")
 
     def _validate_elementwise(self, n: Elementwise, sizes: list) -> None:
         """Inputs real-valued and of one width; each edge's rule one the kind can honour."""
@@ -569,6 +654,14 @@ class Graph:
                 use(inv.weight, (self._size(of), n.size), "inverse of {!r} w.r.t. {!r}", n.name, of)
                 if inv.bias is not None:
                     use(inv.bias, (self._size(of),), "inverse of {!r} w.r.t. {!r} (bias)", n.name, of)
+                if inv.context is not None:
+                    sib = self.sibling(n.name, of) if of in self.nx else None
+                    size = sib.size if sib is not None else inv.context_size
+                    if size is None:
+                        raise GraphError(f"inverse of node {n.name!r} with respect to {of!r}: context "
+                                         f"{inv.context!r} has no shape: {of!r} has no other consumer to take it "
+                                         f"from; give context_size")
+                    use(inv.context, (self._size(of), size), "inverse of {!r} w.r.t. {!r} (context)", n.name, of)
         return shapes
 
     def init_params(self, seed: int = 0) -> ParamStore:

@@ -59,6 +59,8 @@ class InverseKind(ABC):
     name: ClassVar[str] = ""
     #: Has parameter groups of its own (``V``, ``c``) that the engine trains.
     has_params: ClassVar[bool] = True
+    #: May read a sibling consumer's value and target (a many-to-one inverse, ``Inverse.context``).
+    supports_context: ClassVar[bool] = False
 
     def check(self, node, inv, where: str) -> None:
         """Refuse an inverse this kind cannot be for ``node`` (a :class:`~tpgraph.nodes.Dense`): a GraphError naming ``where``."""
@@ -82,6 +84,9 @@ class InverseKind(ABC):
     @abstractmethod
     def at_forward(self, runner, eng, st, b, slot, sb) -> None:
         """``sb.og`` (what the inverse takes from the other inputs) and ``sb.gf = g(h_v)``, once per step."""
+
+    def at_target(self, runner, eng, st, b, slot, sb) -> None:
+        """What the inverse takes from the targets beyond ``h_hat_v`` (a context's), before proposing; after :meth:`at_forward`."""
 
     @abstractmethod
     def propose(self, runner, eng, st, b, slot, sb, difference: bool) -> None:
@@ -115,33 +120,52 @@ class LearnedInverse(InverseKind):
 
     name = "learned"
     has_params = True
+    supports_context = True
 
     def groups(self, inv):
-        return tuple(g for g in (inv.weight, inv.bias) if g is not None)
+        return tuple(g for g in (inv.weight, inv.bias, inv.context) if g is not None)
 
     def at_forward(self, runner, eng, st, b, slot, sb):
         runner.inverse_at_forward(eng, st, b, slot, sb)
 
+    def at_target(self, runner, eng, st, b, slot, sb):
+        """A joint inverse: ``ogt = og + V_s h_hat_s``, the siblings' targets (final: they come later in order)."""
+        ctx = slot.context
+        if ctx is None:
+            return
+        sib = eng.buf.stacks[ctx.src]
+        kd.gather_sum_or_zero(sb.cz, sib.h, sib.d, ctx.rows)
+        np.dot(sb.cz2, eng.wt[ctx.group], out=sb.ogt2)
+        sb.ogt2 += sb.og2
+
+    @staticmethod
+    def _og_target(slot, sb):
+        """What the inverse adds at the targets: ``og``, plus the context's targets for a joint inverse."""
+        return sb.og if slot.context is None else sb.ogt
+
     def propose(self, runner, eng, st, b, slot, sb, difference):
         self.at_forward(runner, eng, st, b, slot, sb)
+        self.at_target(runner, eng, st, b, slot, sb)
         inv = slot.inverse
         np.add(b.h2, b.d2, out=b.z2)  # the targets h_hat_v
         np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
         ref = sb.gf2 if difference else sb.x2
-        kd.inverse_finish(sb.p2, sb.og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
+        og2 = sb.og2 if slot.context is None else sb.ogt2
+        kd.inverse_finish(sb.p2, og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
 
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop, difference):
         inv = slot.inverse
+        og = self._og_target(slot, sb)
         jm = eng.jit_merges.get(st.id)
         if jm is not None:  # a compiled merge strategy, called inside the scan
-            args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf,
+            args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], og, sb.gf,
                     eng.inv_codes[(st.id, slot.index)], inv.slope, start, stop, difference, sb.p, b.tmp)
             if eng.gemm is not None:
                 kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
             else:
                 kd.scan_inverse_merge(*args)
             return
-        args = (b.d, b.hext, eng.wt[inv.weight], sb.og, sb.gf, eng.inv_codes[(st.id, slot.index)],
+        args = (b.d, b.hext, eng.wt[inv.weight], og, sb.gf, eng.inv_codes[(st.id, slot.index)],
                 inv.slope, inv_count, start, stop, difference, sb.p, b.tmp)
         if eng.gemm is not None:
             kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
@@ -149,10 +173,13 @@ class LearnedInverse(InverseKind):
             kd.scan_inverse(*args)
 
     def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
-                  act=np.tanh):
+                  act=np.tanh, context=None, context_weight=None):
+        """As :meth:`InverseKind.reference`; a joint inverse adds ``context @ context_weight^T`` (``h_s``, ``V_s``)."""
         if inverse_weight is None:
             raise GraphError("inverse kind 'learned': the reference needs the inverse's weight V")
         z = h @ np.asarray(inverse_weight).T + others
+        if context is not None:
+            z = z + np.asarray(context) @ np.asarray(context_weight).T
         if inverse_bias is not None:
             z = z + inverse_bias
         return act(z)

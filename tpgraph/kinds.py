@@ -154,6 +154,11 @@ class DenseRunner:
         if c is not None:
             sb.og2 += c
         np.dot(b.h2, eng.wt[inv.weight], out=sb.gf2)
+        ctx = slot.context
+        if ctx is not None:  # a joint inverse: gf = g(h_v, h_s) with the siblings' values (og keeps without)
+            kd.gather_or_zero(sb.cy, eng.buf.stacks[ctx.src].h, ctx.rows)
+            np.dot(sb.cy2, eng.wt[ctx.group], out=sb.ogt2)
+            sb.gf2 += sb.ogt2
         add_bias_activate(sb.gf2, sb.og2, eng.zero_src[slot.src_size], eng.inv_codes[(st.id, slot.index)],
                           inv.slope, sb.gf2)
         sb.ready = True
@@ -244,22 +249,54 @@ class DenseRunner:
                 bias = eng.params[node.bias] if node.bias else b.zero_bias
                 np.dot(sb.xn2, eng.wt[node.weights[slot.index]], out=sb.fn2)
                 add_bias_activate(sb.fn2, aj2, bias, eng.codes[st.id], node.slope, sb.fn2)
+                if slot.context is not None:
+                    self._noisy_context(eng, slot, sb)  # sb.cz: the siblings at the corrupted input
                 np.dot(sb.fn2, eng.wt[inv.weight], out=sb.gn2)
+                if slot.context is not None:
+                    np.dot(sb.cz2, eng.wt[slot.context.group], out=sb.ogt2)
+                    sb.gn2 += sb.ogt2
                 add_bias_activate(sb.gn2, sb.og2, eng.zero_src[slot.src_size], gcode, inv.slope, sb.gn2)
                 if inv.loss == "difference":
-                    self._difference_grads(eng, b, inv, sb, gcode)
+                    self._difference_grads(eng, b, inv, sb, gcode, slot.context)
                     continue
                 kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
                 eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
+                if slot.context is not None:
+                    eng.add_grad(slot.context.group, sb.dg2.T, sb.cz2)
             else:
                 kd.inverse_residual(sb.gf, sb.x, gcode, inv.slope, sb.dg, sb.recon)
                 eng.add_grad(inv.weight, sb.dg2.T, b.h2)
+                if slot.context is not None:
+                    eng.add_grad(slot.context.group, sb.dg2.T, sb.cy2)
             if inv.bias:
                 g = eng.grad_target(inv.bias)
                 g += sb.dg2.sum(axis=0)
 
     @staticmethod
-    def _difference_grads(eng, b, inv, sb, gcode):
+    def _noisy_context(eng, slot, sb):
+        """``sb.cz = act_s(a_s + W_s eps)``: each member's sibling recomputed at the corrupted input ``h_u + eps``.
+
+        ``a_s`` is the sibling's pre-activation at the forward values (its
+        other inputs stay there): its value itself for a linear sibling (logits),
+        else summed again into ``sb.cpre``. Zeros where a member has no sibling.
+        """
+        ctx = slot.context
+        sst, sbuf = eng.plan.stacks[ctx.src], eng.buf.stacks[ctx.src]
+        snode = sst.node
+        ns = slot.src_size
+        np.multiply(sb.noise.reshape(-1, ns), sb.noise.dtype.type(slot.inverse.noise), out=sb.gn2)  # eps
+        np.dot(sb.gn2, eng.wt[ctx.weight], out=sb.cz2)
+        if sb.cpre is None:  # identity: the value is the pre-activation
+            pre = sbuf.h
+        else:
+            _accumulate(eng, sst, sbuf, -1, sb.cpre2, eng.wt)
+            if snode.bias:
+                sb.cpre2 += eng.params[snode.bias]
+            pre = sb.cpre
+        kd.context_activate(sb.cz, pre, ctx.rows, eng.codes[ctx.src], snode.slope)
+
+    @staticmethod
+    def _difference_grads(eng, b, inv, sb, gcode, ctx=None):
         """The difference reconstruction loss (Meulemans et al. 2020) and its gradient for ``V``, ``c``.
 
         ``L = 1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2`` with ``eps = noise
@@ -272,6 +309,9 @@ class DenseRunner:
                                sb.dg, sb.dgf, sb.recon)
         eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
         eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
+        if ctx is not None:  # a joint inverse: through the context at the corrupted and the clean input
+            eng.add_grad(ctx.group, sb.dg2.T, sb.cz2)
+            eng.add_grad(ctx.group, sb.dgf2.T, sb.cy2)
         if inv.bias:
             g = eng.grad_target(inv.bias)
             g += sb.dg2.sum(axis=0)

@@ -96,6 +96,26 @@ class Inverse:
     != u} W_i h_i - b)``, with the argument of atanh clipped into ``[-1 +
     clip, 1 - clip]``; it has no ``weight``, ``bias`` or ``noise`` and is not
     trained (``reg`` and ``clip`` are its options only).
+
+    ``context`` (learned kind only; default None) makes ``g`` a *many-to-one*
+    inverse (a "joint" inverse): the inverted input ``u`` may have one other
+    consumer ``s`` (its *sibling*, a dense node ``h_s = act_s(W_s h_u + ... +
+    b_s)``), and ``g`` then reads the sibling's value too, through its own
+    parameter group ``context`` (``V_s``, shape ``[n_u, n_s]``):
+
+        g(h_v, h_s) = act(V h_v + V_s h_s + sum_{i != u} W_i h_i + c)
+
+    At the targets it takes both consumers' targets at once: ``dtp`` proposes
+    ``tau = h_u + g(h_hat_v, h_hat_s) - g(h_v, h_s)``, ``tp`` ``g(h_hat_v,
+    h_hat_s)``. It is meant to *replace* the merge at ``u``: the declaration
+    cuts the sibling's own edge ``u -> s`` (:meth:`~tpgraph.graph.Graph.cut`)
+    so that its proposal is not added a second time. ``V_s`` is trained with
+    ``V`` and ``c`` by the same objective, now many-to-one: reconstruct ``h_u +
+    eps`` from ``(f_v(h_u + eps), f_s(h_u + eps))`` (the sibling's other inputs
+    at their forward values). Where ``u`` has no other consumer (the first
+    step of an unrolled RNN) the context contributes zero. ``context_size``
+    is ``n_s``, needed only when no node of the graph has a sibling to take it
+    from (a graph of one step).
     """
 
     of: str
@@ -109,6 +129,8 @@ class Inverse:
     kind: str = "learned"
     reg: float = ANALYTIC_REG
     clip: float = ANALYTIC_CLIP
+    context: str | None = None
+    context_size: int | None = None
 
     @property
     def impl(self):
@@ -120,6 +142,8 @@ class Inverse:
             return (f"Inverse(of={self.of!r}, kind={self.kind!r}, reg={self.reg}, clip={self.clip}, "
                     f"others={self.others!r})")
         extra = "" if self.loss == "reconstruction" else f", loss={self.loss!r}"
+        if self.context is not None:
+            extra += f", context={self.context!r}"
         return (
             f"Inverse(of={self.of!r}, weight={self.weight!r}, bias={self.bias!r}, "
             f"act={self.act!r}, others={self.others!r}, noise={self.noise}{extra})"
@@ -267,6 +291,7 @@ class Dense(Node):
                 self.inputs.index(of): (inv.weight, inv.bias, inv.act, inv.others, inv.noise, inv.slope)
                 + ((inv.loss,) if inv.loss != "reconstruction" else ())
                 + ((inv.kind, inv.reg, inv.clip) if inv.kind != "learned" else ())
+                + (("context", inv.context, inv.context_size) if inv.context is not None else ())
                 for of, inv in sorted(self.inverses.items(), key=lambda kv: self.inputs.index(kv[0]))
                 if of in self.inputs
             }

@@ -43,6 +43,27 @@ from .rules import CreditRule, get_rule
 
 
 @dataclass(repr=False)
+class ContextLink:
+    """Where a joint inverse (``Inverse.context``) of a slot reads its context: the siblings, all in one stack.
+
+    Member ``k`` of the consumer stack reads member ``rows[k]`` of stack
+    ``src`` (``-1``: no sibling, the context contributes zero). The sibling
+    takes the inverted input through its slot ``slot`` with forward weight
+    ``weight``; ``group`` is the inverse's context group ``V_s`` ``[n_u, size]``.
+    """
+
+    src: int
+    rows: np.ndarray
+    slot: int
+    weight: str
+    group: str
+    size: int
+
+    def __repr__(self):
+        return f"ContextLink(stack {self.src}, rows={self.rows.tolist()}, group={self.group!r})"
+
+
+@dataclass(repr=False)
 class Slot:
     """Input slot ``index`` of every member of a stack."""
 
@@ -61,6 +82,8 @@ class Slot:
     deliver_scale: np.ndarray | None = None
     # cut credit (Graph.cut): per consumer member, True where its proposal is not delivered (None: no cut)
     cut: np.ndarray | None = None
+    # a joint inverse (Inverse.context): where each member reads its sibling's value and target (None: none)
+    context: ContextLink | None = None
 
     def __repr__(self):
         kind = "recurrent" if self.recurrent else f"rows={self.rows}"
@@ -255,6 +278,7 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
     need = _needs_target(nodes, ins)
     sigs = _local_signatures(graph, nodes, need)
     forced = [not stacking] * len(order)
+    context_pairs = _context_pairs(graph, nodes, order)
     while True:
         group = _refine(sigs, ins, forced)
         members: list[list[int]] = [[] for _ in range(max(group) + 1)]
@@ -272,12 +296,20 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
             sg.add_nodes_from(range(len(members)))
             sg.add_edges_from(dict.fromkeys((group[u], gid) for gid, vs in enumerate(members) for v in vs
                                             for u in ins[v] if group[u] != gid))
+            # a joint inverse reads its sibling's target: the sibling's stack comes later (earlier in the target pass)
+            sg.add_edges_from(dict.fromkeys((group[v], group[s]) for v, s in context_pairs if group[v] != group[s]))
             stack_order, cycle = topological_order(sg)
             if cycle:
                 for gid in cycle:
                     bad.extend(members[gid])
         bad = [v for v in bad if not forced[v]]
         if not bad:
+            if cycle:  # only the context edges can close a cycle of single nodes
+                from .errors import GraphError
+
+                raise GraphError(f"graph {graph.name!r}: a joint inverse's context cannot be ordered: the "
+                                 f"sibling's target must be final before the inverse reads it, but the nodes "
+                                 f"{[order[members[gid][0]] for gid in cycle]} depend on each other")
             break
         for v in bad:
             forced[v] = True
@@ -329,6 +361,7 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
                     slot.rows = rows
             st.slots.append(slot)
     report("compiling", 3, 4)
+    _link_contexts(graph, stacks, positions, ins, order, where)
     if graph.cuts:
         _mark_cuts(graph, stacks, positions, ins, order)
     _wire_incoming(stacks, positions, ins, at)
@@ -351,6 +384,62 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
                          f"through others='forward'")
     report("compiling", 4, 4)
     return Plan(graph, stacks, where, sorted(fwd), sorted(inv))
+
+
+def _context_pairs(graph, nodes, order) -> list:
+    """``(position of v, position of s)`` for each joint inverse of ``v`` whose input has a sibling ``s``."""
+    pairs = []
+    pos = None
+    for p, n in enumerate(nodes):
+        for of, inv in getattr(n, "inverses", {}).items():
+            if inv.context is None or not get_rule(n.rules[n.inputs.index(of)]).needs_inverse:
+                continue
+            sib = graph.sibling(n.name, of)
+            if sib is not None:
+                if pos is None:
+                    pos = {v: i for i, v in enumerate(order)}
+                pairs.append((p, pos[sib.name]))
+    return pairs
+
+
+def _link_contexts(graph, stacks, positions, ins, order, where):
+    """Each joint inverse's siblings (:class:`ContextLink`): one stack, one slot, processed before in the target pass.
+
+    The target pass runs the stacks in reverse order, so a sibling stack that
+    comes *later* has its targets final when the consumer's inverse reads
+    them; the validation has already refused more than one sibling per member.
+    """
+    from .errors import GraphError
+
+    for st in stacks:
+        for slot in st.slots:
+            inv = slot.inverse
+            if inv is None or inv.context is None or not slot.credit.needs_inverse:
+                continue
+            rows = np.full(st.m, -1, dtype=np.int64)
+            src = sib_slot = None
+            for k, v in enumerate(positions[st.id]):
+                u = order[ins[v][slot.index]]
+                sib = graph.sibling(order[v], u)
+                if sib is None:
+                    continue
+                sid, j = where[sib.name]
+                i = sib.inputs.index(u)
+                where_ = f"inverse of node {order[v]!r} with respect to {u!r} (context {inv.context!r})"
+                if src is None:
+                    src, sib_slot = sid, i
+                elif (sid, i) != (src, sib_slot):
+                    raise GraphError(f"{where_}: the siblings of the stack of {st.members[0]!r} must form one stack "
+                                     f"and take the input through one slot; {sib.name!r} does not stack with "
+                                     f"{stacks[src].members[0]!r}")
+                if sid <= st.id:
+                    raise GraphError(f"{where_}: the sibling {sib.name!r} comes before {order[v]!r} in the "
+                                     f"target pass's order, so its target is not final when the inverse reads it")
+                rows[k] = j
+            if src is not None:
+                sn = stacks[src].node
+                slot.context = ContextLink(src=src, rows=rows, slot=sib_slot, weight=sn.weights[sib_slot],
+                                           group=inv.context, size=sn.size)
 
 
 def _chain_slot(nodes, ins, vs, group, gid):

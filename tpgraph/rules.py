@@ -70,6 +70,8 @@ class CreditRule(ABC):
     for_losses: ClassVar[bool] = False
     #: The chain scan of this rule computes every member's ``delta = D * f'`` itself.
     scan_computes_delta: ClassVar[bool] = False
+    #: Can propose through a many-to-one inverse (one with a ``context``; rules through an inverse only).
+    takes_context: ClassVar[bool] = True
 
     def requirement(self) -> str:
         """What the rule needs, in words, for error messages."""
@@ -222,7 +224,9 @@ class _InverseRule(CreditRule):
     difference: ClassVar[bool] = True
 
     def prepare(self, runner, eng, st, b, slot, sb) -> None:
-        slot.inverse.impl.at_forward(runner, eng, st, b, slot, sb)
+        impl = slot.inverse.impl
+        impl.at_forward(runner, eng, st, b, slot, sb)
+        impl.at_target(runner, eng, st, b, slot, sb)
 
     def propose(self, runner, eng, st, b, slot, sb) -> None:
         slot.inverse.impl.propose(runner, eng, st, b, slot, sb, self.difference)
@@ -276,6 +280,7 @@ class DifferenceTargetPropAfter(DifferenceTargetProp):
     """
 
     name = "dtp_after"
+    takes_context = False  # its step part is what a many-to-one inverse replaces
 
     @staticmethod
     def _check(st, eng):

@@ -58,6 +58,48 @@ def gather_rows(dst, src, idx):
 
 
 @kernel
+def gather_or_zero(dst, src, idx):
+    """``dst[k] = src[idx[k]]``, zeros where ``idx[k] < 0`` (3-D blocks; a joint inverse's missing context)."""
+    for k in range(idx.shape[0]):
+        if idx[k] < 0:
+            dst[k] = 0
+        else:
+            dst[k] = src[idx[k]]
+
+
+@kernel
+def gather_sum_or_zero(dst, a, b, idx):
+    """``dst[k] = a[idx[k]] + b[idx[k]]`` (a value plus its displacement: a target), zeros where ``idx[k] < 0``."""
+    m, rows, cols = dst.shape
+    for k in range(m):
+        i = idx[k]
+        if i < 0:
+            dst[k] = 0
+            continue
+        for r in range(rows):
+            for j in range(cols):
+                dst[k, r, j] = a[i, r, j] + b[i, r, j]
+
+
+@kernel
+def context_activate(z, pre, idx, code, slope):
+    """``z[k] = act(z[k] + pre[idx[k]])``, zeros where ``idx[k] < 0``: siblings' values at a perturbed input.
+
+    ``z [m, B, n]`` holds ``W_s eps`` (the perturbation through the sibling's
+    weight), ``pre`` the siblings' pre-activations at the forward values.
+    """
+    m, rows, cols = z.shape
+    for k in range(m):
+        i = idx[k]
+        if i < 0:
+            z[k] = 0
+            continue
+        for r in range(rows):
+            for j in range(cols):
+                z[k, r, j] = act_scalar(z[k, r, j] + pre[i, r, j], code, slope)
+
+
+@kernel
 def scan_forward(hext, a, bias, wt, code, slope, tmp):
     """Forward through a chain: ``hext[k+1] = act(a[k] + hext[k] @ wt + bias)``.
 
