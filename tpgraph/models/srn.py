@@ -52,6 +52,15 @@ PAPER_INIT = {
 
 FORWARD_GROUPS = ("W_xh", "W_h", "b_h")
 INVERSE_GROUPS = ("V_h", "c_h")
+#: The joint inverse's context group and its initialisation. ``V_y [n_hidden, n_out]`` maps the logits
+#: into the inverse's pre-activation; N(0, 0.1^2) like the other maps from and to the logits
+#: (``W_hy``, ``W_xh``): small, so that at the start ``G2`` is the paper's ``G`` plus a small term
+#: (random, not zero, so that the first targets already depend on the step's output target).
+JOINT_GROUP = "V_y"
+JOINT_INIT = "normal:0.1"
+#: The SRN's inverses: the registered kinds, and ``"joint"``: the learned inverse made many-to-one
+#: (it also reads the logits ``y_{t-1}`` and their target; see :func:`build_srn`).
+JOINT = "joint"
 OUTPUT_GROUPS = ("W_hy", "b_y")
 METHODS = ("tp", "bptt")
 #: Engines an :class:`SRN` keeps, one per sequence length; the least recently used is dropped beyond.
@@ -69,13 +78,36 @@ def _check_inverse_loss(inverse_loss, noise, noise_name):
                           f"noise the difference reconstruction loss is identically 0")
 
 
+def srn_inverses() -> tuple:
+    """The SRN's ``inverse`` choices: the registered inverse kinds and ``"joint"``."""
+    return tuple(known_inverse_kinds()) + (JOINT,)
+
+
 def _check_inverse(inverse, inverse_reg):
     """Refuse an unknown inverse kind and a regularisation that is not a finite number > 0."""
-    if inverse not in known_inverse_kinds():
-        raise ConfigError(f"SRN: inverse must be one of {tuple(known_inverse_kinds())}, got {inverse!r}")
+    if inverse not in srn_inverses():
+        raise ConfigError(f"SRN: inverse must be one of {srn_inverses()}, got {inverse!r}")
     if isinstance(inverse_reg, bool) or not isinstance(inverse_reg, (int, float)) or not np.isfinite(inverse_reg) \
             or inverse_reg <= 0:
         raise ConfigError(f"SRN: inverse_reg must be a finite number > 0, got {inverse_reg!r}")
+
+
+def _check_joint(credit, merge, many_to_many):
+    """Refuse what the joint inverse cannot combine with (it replaces the linear merge of each step)."""
+    rule = get_rule(credit, "SRN credit")
+    if not (rule.needs_inverse and rule.takes_context):
+        raise ConfigError(f"SRN: inverse 'joint' proposes through the inverse G2(h_t, y_(t-1)); credit {credit!r} "
+                          f"does not (use dtp or tp; BPTT ignores the inverse)")
+    if merge != "linear":
+        raise ConfigError(f"SRN: inverse 'joint' replaces the merge at every h_t but the last (one target each, "
+                          f"no merge left to change); merge {merge!r} is not possible with it, use 'linear'")
+    if not many_to_many:
+        raise ConfigError("SRN: inverse 'joint' reads each step's output y_(t-1); a many-to-one model has no "
+                          "outputs before the last step (use inverse 'learned')")
+
+
+def _is_learned(inverse):
+    return inverse == JOINT or get_inverse_kind(inverse).has_params
 
 
 def _check_truncate(truncate):
@@ -112,8 +144,23 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     ``"learned"`` (``V_h``, ``c_h``, trained) or ``"analytic"``, the
     regularised inverse ``(W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) -
     W_xh x_t - b_h)``, which has no groups (``noise``, ``inverse_act`` and
-    ``inverse_loss`` then do not apply). ``progress``, if given, is called as
-    ``progress("declaring", t, length)`` about a hundred times.
+    ``inverse_loss`` then do not apply), or ``"joint"``: the learned inverse
+    made many-to-one (``Inverse.context``). ``h_{t-1}`` has two consumers,
+    ``h_t`` and the logits ``y_{t-1}``; instead of merging their proposals
+    linearly, one inverse takes both targets,
+
+        G2(h_t, y_{t-1}) = tanh(V_h h_t + V_y y_{t-1} + W_xh x_t + c_h),
+        h_hat_{t-1} = h_{t-1} + G2(h_hat_t, y_hat_{t-1}) - G2(h_t, y_{t-1})
+
+    with ``y_hat_{t-1} = y_{t-1} - alpha dE_{t-1}/dy_{t-1}``, and the edges
+    ``h_{t-1} -> y_{t-1}`` are cut (:meth:`~tpgraph.graph.Graph.cut`) wherever
+    ``h_{t-1} -> h_t`` carries credit (so ``h_L``, and with ``truncate`` the
+    last step of each segment, keep their step target). ``V_y [n_hidden,
+    n_out]`` (init :data:`JOINT_INIT`) is trained with ``V_h, c_h``; ``G2``
+    at ``h_1`` has no context (``h_0`` has no other consumer). It needs
+    ``credit`` dtp or tp, the linear merge and ``many_to_many``.
+    ``progress``, if given, is called as ``progress("declaring", t, length)``
+    about a hundred times.
     """
     for name, v in (("length", length), ("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -125,9 +172,14 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     _check_inverse_loss(inverse_loss, noise, "noise")
     _check_truncate(truncate)
     _check_inverse(inverse, inverse_reg)
-    learned = get_inverse_kind(inverse).has_params
+    joint = inverse == JOINT
+    if joint:
+        _check_joint(credit, merge, many_to_many)
+    learned = _is_learned(inverse)
     inv_opts = (dict(weight="V_h", bias="c_h", act=inverse_act, noise=noise, loss=inverse_loss) if learned
                 else dict(kind=inverse, reg=float(inverse_reg)))
+    if joint:
+        inv_opts.update(context=JOINT_GROUP, context_size=n_out)
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
     g.input("h_0", n_hidden)
     every = max(1, length // 100)
@@ -149,9 +201,16 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
             g.dense(f"y_{t}", [f"h_{t}"], n_out, act="identity", weights=["W_hy"], bias="b_y", rules=["gradient"])
             g.input(f"l_{t}", n_out)
             g.mse(f"E_{t}", f"y_{t}", f"l_{t}", reduction=reduction)
+    cut_back = set()
     if truncate is not None:
         for t in range(truncate + 1, length + 1, truncate):
             g.cut(f"h_{t - 1}", f"h_{t}")
+            cut_back.add(t - 1)
+    if joint:  # G2 takes y_{t-1}'s target: its own proposal to h_{t-1} is not added again
+        for t in range(1, length):
+            if t not in cut_back:
+                g.cut(f"h_{t}", f"y_{t}")
+        g.init(JOINT_GROUP, JOINT_INIT)
     for group, spec in PAPER_INIT.items():
         if learned or group not in INVERSE_GROUPS:
             g.init(group, spec)
@@ -257,7 +316,11 @@ class SRN:
         self.truncate = None if truncate is None else int(truncate)
         _check_inverse(inverse, inverse_reg)
         self.inverse, self.inverse_reg = inverse, float(inverse_reg)
-        learned = get_inverse_kind(inverse).has_params
+        if inverse == JOINT and method == "bptt":
+            inverse = "learned"  # BPTT ignores the inverse: the plain graph, the same forward initialisation
+        if inverse == JOINT:
+            _check_joint(credit, merge, many_to_many)
+        learned = _is_learned(inverse)
         #: Whether training updates an inverse (TP with a rule through the inverse, and a learned one).
         self.trains_inverse = method == "tp" and rule.needs_inverse and learned
         if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)
@@ -277,6 +340,8 @@ class SRN:
         groups = {g: {"lr": lr_f} for g in FORWARD_GROUPS}
         if learned:  # an analytic inverse has no groups
             groups.update({g: {"lr": lr_g} for g in INVERSE_GROUPS})
+        if inverse == JOINT:
+            groups[JOINT_GROUP] = {"lr": lr_g}
         groups.update({g: {"lr": lr_y, "scale": 1.0 / self.alpha} for g in OUTPUT_GROUPS})
         self._engine_opts = dict(alpha=self.alpha, optimizer=optimizer, lr=lr_f, groups=groups,
                                  fast_tanh=fast_tanh, optimizer_options=optimizer_options, seed=seed)
@@ -291,7 +356,12 @@ class SRN:
         self._reference_engines: dict[int, Engine] = {}  # BPTT twins for alignment, per length
         self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
         first = self.graph(1)  # validates the options, fixes the parameter groups
-        if learned:
+        if inverse == JOINT:  # the learned SRN's groups of this seed (V_y, drawn first in sorted order, apart)
+            twin = build_srn(1, **dict(self._graph_opts, inverse="learned")).init_params(seed)
+            own = first.init_params(seed)
+            self.params = ParamStore({k: twin[k] if k in twin else own[k] for k in first.param_shapes()},
+                                     self.dtype)
+        elif learned:
             self.params = first.init_params(seed)
         else:  # the same forward initialisation as the learned inverse's SRN of this seed, without V_h, c_h
             twin = build_srn(1, **dict(self._graph_opts, inverse="learned")).init_params(seed)

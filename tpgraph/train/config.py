@@ -216,8 +216,12 @@ class MethodConfig:
                              "method.noise_sigma > 0)", choices=("reconstruction", "difference"))
     inverse: str = _opt(str, "learned", "TP's inverse G of the tanh layer: learned (V_h, c_h, trained after the "
                         "warm-up) or analytic (Roulet & Harchaoui: (W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) "
-                        "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up)",
-                        choices=("learned", "analytic"))
+                        "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up) or joint "
+                        "(the learned inverse made many-to-one: G2(h_t, y_(t-1)) = tanh(V_h h_t + V_y y_(t-1) + "
+                        "W_xh x_t + c_h) takes the targets of h_t and of the logits y_(t-1) at once and replaces "
+                        "the linear merge; V_y trained with V_h, c_h; needs credit dtp or tp, the linear merge, an "
+                        "output at every step; BPTT ignores it)",
+                        choices=("learned", "analytic", "joint"))
     inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
                               "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
                               above=0.0)
@@ -233,7 +237,7 @@ class MethodConfig:
         from ..rules import get_rule
 
         return (self.name == "tp" and get_rule(self.credit).needs_inverse
-                and get_inverse_kind(self.inverse).has_params)
+                and (self.inverse == "joint" or get_inverse_kind(self.inverse).has_params))
 
 
 @dataclass(frozen=True)
@@ -428,6 +432,14 @@ class Config:
         if p.rollback_lr_decay > 1.0:
             raise ConfigError(f"protocol.rollback_lr_decay must be in (0, 1] (a decay of the learning rates), "
                               f"got {p.rollback_lr_decay:g}")
+        if self.method.inverse == "joint" and self.method.name == "tp":
+            if not (get_rule(self.method.credit).needs_inverse and get_rule(self.method.credit).takes_context):
+                raise ConfigError(f"method.inverse = \"joint\" proposes through the many-to-one inverse; "
+                                  f"method.credit = {self.method.credit!r} does not: use dtp or tp")
+            if self.method.merge != "linear" or self.method.clip is not None:
+                raise ConfigError(f"method.inverse = \"joint\" replaces the merge at every h_t but the last; "
+                                  f"method.merge must be \"linear\" (got {self.method.merge!r}"
+                                  f"{', method.clip set' if self.method.clip is not None else ''})")
         if self.method.clip is not None and self.method.merge != "clipped":
             raise ConfigError(f"method.clip is the threshold of method.merge = \"clipped\"; method.merge is "
                               f"{self.method.merge!r}: set method.merge = \"clipped\" or leave method.clip out")
