@@ -192,6 +192,11 @@ def test_buffers_counted_and_float32_runs():
     plain = compile_plan(tp.build_srn(L, N_IN, H, N_OUT, noise=0.2))
     extra = buffer_bytes(eng.plan, B, np.float32)["float32"] - buffer_bytes(plain, B, np.float32)["float32"]
     assert extra == 4 * L * B * (2 * N_OUT + H)  # cy, cz, ogt per member
+    from tpgraph.engine import plan_memory
+
+    srn = tp.SRN(N_IN, H, N_OUT, inverse="joint", noise_sigma=0.2, truncate=3)
+    for length in (7, 11):  # the SRN's extrapolated estimate counts the joint inverse's buffers
+        assert srn.estimate_memory(length, B).buffers == plan_memory(compile_plan(srn.graph(length)), B).buffers
     g32 = tp.build_srn(L, N_IN, H, N_OUT, inverse="joint", noise=0.2)
     e32 = tp.Engine(g32, alpha=0.5, seed=1)
     res = e32.step({k: (v.astype(np.float32) if k == ("h_0",) else v) for k, v in _batch(x, y).items()})

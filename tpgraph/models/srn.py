@@ -271,13 +271,18 @@ class SRN:
         ``"fa"`` (feedback alignment: a fixed random matrix in place of
         ``W_h^T``; the inverse is then neither used nor trained). Any
         registered rule that carries credit and suits a dense node is accepted.
-    inverse : {"learned", "analytic"}
+    inverse : {"learned", "analytic", "joint"}
         The kind of the inverse ``G`` (:mod:`tpgraph.inverses`): learned
         (``V_h``, ``c_h``, trained with ``lr_g`` after a warm-up) or the
         analytic regularised inverse of the tanh layer (Roulet & Harchaoui),
         ``(W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) - W_xh x_t - b_h)``
         from the live ``W_h``: no groups, no training, no warm-up. The forward
-        groups start as the learned model's of the same seed.
+        groups start as the learned model's of the same seed. ``"joint"``:
+        the learned inverse made many-to-one, ``G2(h_t, y_{t-1})``, which takes
+        the targets of ``h_t`` and of the logits ``y_{t-1}`` at once in place
+        of the linear merge (see :func:`build_srn`); its extra group ``V_y``
+        is trained with ``lr_g``; the other groups start as the learned
+        model's of the same seed. BPTT ignores it.
     inverse_reg : float
         The analytic inverse's regularisation ``reg > 0`` (ignored by the learned one).
     memory_limit : int or str, optional
