@@ -74,12 +74,13 @@ def test_angles_match_a_numpy_computation_for_fa():
     a = alignment(eng, b)
     fa_disp, fa_grads = numpy_mlp(P, eng.feedback, b["x"], b["label"], 0.4)
     bp_disp, bp_grads = numpy_mlp(P, P, b["x"], b["label"], 1.0)
+    # arccos near 1 amplifies rounding: an exact 0 degrees comes out as ~1e-6 (CPU-dependent), so 1e-4
     for k in P:
         expect = numpy_angle(fa_grads[k], bp_grads[k])
-        assert a.groups[k] == pytest.approx(expect, abs=1e-6), k
+        assert a.groups[k] == pytest.approx(expect, abs=1e-4), k
     for n in ("h1", "h2", "y"):
-        assert a.nodes[n] == pytest.approx(numpy_angle(fa_disp[n], bp_disp[n]), abs=1e-6), n
-    assert a.groups["W3"] < 1e-6 and a.nodes["y"] < 1e-6  # the output layer's credit is exact
+        assert a.nodes[n] == pytest.approx(numpy_angle(fa_disp[n], bp_disp[n]), abs=1e-4), n
+    assert a.groups["W3"] < 1e-4 and a.nodes["y"] < 1e-4  # the output layer's credit is exact
     assert a.groups["W1"] > 1.0  # the random feedback is not the gradient
 
 
