@@ -89,6 +89,8 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("bptt_truncate_25", "bptt", {"method.truncate": 25}, "truncated BPTT: cut every 25 steps"),
     Variant("analytic", "tp", {"method.inverse": "analytic"},
             "dtp through the analytic regularised inverse of the tanh layer (no trained inverse)"),
+    Variant("joint", "tp", {"method.inverse": "joint"},
+            "the learned many-to-one inverse G2(h_t, y_(t-1)) in place of the linear merge (the paper's proposal)"),
     Variant("after", "tp", {"method.credit": "dtp_after"},
             "dtp with the step and propagated displacements inverted apart, merged after inversion"),
     Variant("analytic_after", "tp", {"method.inverse": "analytic", "method.credit": "dtp_after"},
