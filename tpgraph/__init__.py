@@ -24,6 +24,7 @@ from .engine import Engine, StepResult  # noqa: E402
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, GraphError,
                      MemoryLimitError, TPGraphError)
 from .graph import Graph
+from .inverses import InverseKind, get_inverse_kind, known_inverse_kinds, register_inverse_kind
 from .memory import MemoryEstimate
 from .merges import known_merges, register_merge
 from .models.srn import SRN, build_srn
@@ -38,8 +39,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation", "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense",
     "DivergenceError",
-    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "MSE", "MemoryEstimate", "MemoryLimitError",
+    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "InverseKind", "MSE", "MemoryEstimate", "MemoryLimitError",
     "Elementwise", "Multiply", "ParamStore", "SRN", "Scale",
-    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_rule", "known_merges",
-    "known_rules", "register_merge", "register_rule",
+    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_inverse_kind", "get_rule",
+    "known_inverse_kinds", "known_merges", "known_rules", "register_inverse_kind", "register_merge", "register_rule",
 ]
