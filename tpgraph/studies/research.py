@@ -425,8 +425,10 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "re-run with `protocol.alignment_every` on. Angles in degrees between the variant's update of a group "
              "(or the hidden displacements, `h mean`) and BPTT's gradient on the same batch and parameters, averaged "
              "over the first and the second half of training after the warm-up (90 = orthogonal, no "
-             "better than chance). Reconstruction loss: the inverse's, per batch, median over the validation points "
-             "after the warm-up, the largest rise between two points, and the last value.", "",
+             "better than chance; BPTT's own rows are 0 by definition). Reconstruction loss: the inverse's, summed over "
+             "the steps, per sequence, at the validation points after the warm-up: the median, the largest rise "
+             "between two points and the last value. Local loss: the mean over the hidden steps of "
+             "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median.", "",
              "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
              "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
              "rho(W_h) last |",
@@ -456,6 +458,7 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
         if info is not None:
             infos.append(info)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or "tpgraph research inspect", "machine": machine(), "date": date.today().isoformat()}
     md = out_dir / "research.md"
     text = md.read_text() if md.exists() else "# Research: variants of target propagation\n"
