@@ -36,12 +36,15 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from ..errors import ConfigError
 from ..provenance import machine
@@ -50,7 +53,7 @@ from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
 __all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "run_variant", "write_table",
-           "inspect_cell", "CSV_COLUMNS"]
+           "inspect_cell", "plot_cell", "CSV_COLUMNS"]
 
 #: The columns of ``research.csv`` (accuracies in percent, means over the final seeds).
 CSV_COLUMNS = ("task", "T", "method", "variant", "seeds", "best_val_loss", "best_val_accuracy", "final_val_loss",
@@ -308,6 +311,10 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
                 f"{fmt_value(p.get('optimizer.lr_f'))} | {fmt_value(p.get('optimizer.lr_y'))} | "
                 f"{fmt_value(p.get('optimizer.lr_g'))} | {fmt_value(p.get('method.alpha'))} |")
         lines.append("")
+        plots = [f"[{label} {T}](research/{task}_T{T}.png)" for T in TASKS[task].values
+                 if any(r["T"] == T for r in trs)]
+        lines += ["Validation curves of each variant's first final seed (and, where inspected, the alignment of its "
+                  "W_h update with the gradient): " + ", ".join(plots) + ".", ""]
     lines += ["Variants: " + "; ".join(f"`{v.name}`: {v.description}" for v in VARIANTS.values()
                                        if any(r["variant"] == v.name for r in rows)) + ".", "", END]
     return "\n".join(lines)
@@ -332,7 +339,13 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     atomic_write_text(md, text)
     atomic_write_text(out_dir / "research.csv", _csv(rows))
     atomic_write_json(out_dir / "research.json", {"meta": meta, "budget": asdict(budget), "rows": rows})
-    return {"rows": rows, "files": {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}}
+    files = {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}
+    for task, cells in TASKS.items():
+        for T in cells.values:
+            p = plot_cell(folder, task, T, out_dir / "research" / f"{task}_T{T}.png")
+            if p is not None:
+                files[f"plot {task} {T}"] = p
+    return {"rows": rows, "files": files}
 
 
 
@@ -470,3 +483,71 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
     atomic_write_text(md, text)
     atomic_write_json(out_dir / "research_inspect.json", {"meta": meta, "cells": infos})
     return {"cells": infos, "files": {"md": md, "json": out_dir / "research_inspect.json"}}
+
+
+# ---------------------------------------------------------------------- plots
+def plot_cell(folder: str | Path, task: str, T: int, path: str | Path, variants=None) -> Path | None:
+    """Validation loss of each variant's first final seed at one cell (and, when inspected, its W_h angle).
+
+    The left panel draws every variant's validation curve against the
+    memoryless baseline (dashed); the right one, for the variants inspected
+    with :func:`inspect_cell`, the angle between the update of ``W_h`` and
+    BPTT's gradient over training. Returns None when no variant has a run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..train.records import read_metrics_csv, read_summary
+
+    folder = Path(folder)
+    cells = TASKS[task]
+    curves, angles, baseline = [], [], None
+    for name in variants or VARIANTS:
+        root = folder / name / task
+        if not (root / "final" / SPEC_FILE).exists():
+            continue
+        run = _final_run_dir(root, cells.key, T)
+        if run is None:
+            continue
+        m = read_metrics_csv(run / "metrics.csv")
+        curves.append((name, m["batch"], m["val_loss"]))
+        baseline = read_summary(run / "summary.json").get("baseline_loss") or baseline
+        apath = root / "inspect" / f"T-{T}" / "alignment.csv"
+        if apath.exists() and VARIANTS[name].method == "tp":
+            a = read_metrics_csv(apath)
+            angles.append((name, a["batch"], a["angle_W_h"]))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2 if angles else 1, figsize=(12.8 if angles else 6.4, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for name, x, y in curves:
+        ok = np.isfinite(y) & (y > 0)
+        ax.plot(x[ok], y[ok], label=name, lw=1.2)
+    if baseline:
+        ax.axhline(baseline, color="k", ls="--", lw=0.8, label="memoryless baseline")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("validation loss")
+    label = "delay" if cells.key == "task.delay" else "length"
+    ax.set_title(f"{task.replace('_', ' ')}, {label} {T}: first final seed")
+    ax.legend(fontsize=7, ncol=2)
+    if angles:
+        ax = axes[0][1]
+        for name, x, y in angles:
+            ax.plot(x, y, label=name, lw=1.2)
+        ax.axhline(90, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("angle of the W_h update to BPTT's gradient (degrees)")
+        ax.set_ylim(0, 180)
+        ax.set_title("alignment with the gradient (inspection re-run)")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
