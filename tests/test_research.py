@@ -49,6 +49,7 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     md = (out / "research.md").read_text()
     assert "My reading." in md and "More prose." in md and "old" not in md
     assert "| 50 | truncate_10 | tp |" in md
+    assert (out / "research" / "copy_memory_T50.png").stat().st_size > 1000 and "research/copy_memory_T50.png" in md
     # the truncated runs really were truncated
     assert res["rows"][1]["variant"] == "truncate_10"
     # inspection re-runs the first final seed: the same seed retraces the same validation curve
