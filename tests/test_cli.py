@@ -79,7 +79,7 @@ def test_debug_shows_the_traceback():
     assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "compare", "plot", "config"])
+@pytest.mark.parametrize("command", ["train", "compare", "plot", "config", "research"])
 def test_help_explains_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -275,3 +275,12 @@ def test_the_long_range_tasks_train_from_the_command_line(task, words, tmp_path)
     assert summary["solved"] in (True, False) and summary["success_acc"] == 0.99
     config = (tmp_path / "run" / "config.toml").read_text()
     assert "length = 12" in config and "delay" not in config
+
+
+def test_research_refuses_unknown_variants_and_lists_them(capsys):
+    assert main(["research", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "method.truncate=10" in out
+    assert main(["research", "run", "nope"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+    assert main(["research", "run"]) == 2

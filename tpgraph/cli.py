@@ -1,4 +1,4 @@
-"""The ``tpgraph`` command line: ``train``, ``compare``, ``plot``, ``config``, ``sweep``, ``reproduce``.
+"""The ``tpgraph`` command line: ``train``, ``compare``, ``plot``, ``config``, ``sweep``, ``reproduce``, ``research``.
 
 Exit status: 0 when the run completed, 1 when it diverged or was aborted by a
 stop rule (the run folder records why), 2 for a user error (a bad flag, key,
@@ -229,7 +229,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tpgraph", description=(
         "Train simple recurrent networks with target propagation (Dai & Chin) or BPTT on the paper's "
-        "tasks, compare the two, search hyper-parameters on Dask (sweep, reproduce), and plot recorded runs."),
+        "tasks, compare the two, search hyper-parameters on Dask (sweep, reproduce), compare TP variants "
+        "with their baselines under equal searches (research), and plot recorded runs."),
         epilog="Run `tpgraph COMMAND --help` for each command's options and examples.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
