@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from tpgraph.errors import ConfigError
-from tpgraph.studies.research import (CSV_COLUMNS, RESEARCH_BUDGETS, TASKS, VARIANTS, _final_run_dir, _spec,
+from tpgraph.studies.research import (CSV_COLUMNS, RESEARCH_BUDGETS, TASKS, VARIANTS, _final_run_dir, _root_for, _spec,
                                       inspect_cell, run_variant, write_table)
 from tpgraph.train.records import read_summary
 from tpgraph.studies.spec import parse_spec
@@ -54,7 +54,9 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     assert res["rows"][1]["variant"] == "truncate_10"
     # inspection re-runs the first final seed: the same seed retraces the same validation curve
     info = inspect_cell(tmp_path / "s", "baseline", "copy_memory", 50, points=4)
-    first = read_summary(_final_run_dir(tmp_path / "s" / "baseline" / "copy_memory", "task.delay", 50) / "summary.json")
+    root = _root_for(tmp_path / "s", "baseline", "copy_memory", 50)
+    assert root.name == "copy_memory-50"  # a subset of the lengths has a folder of its own
+    first = read_summary(_final_run_dir(root, "task.delay", 50) / "summary.json")
     assert info["best_val_loss"] == first["best"]["val_loss"]
     assert info["final_val_loss"] == first["final"]["val_loss"]
     assert 0.0 <= info["angle_W_h_late"] <= 180.0

@@ -24,8 +24,9 @@ as :mod:`tpgraph.studies.reproduce` does for the paper's tables:
    ``research.csv`` and as the table section of ``research.md`` (the rest of
    ``research.md``, the written reading, is kept when the table is rewritten).
 
-Every variant's folder is ``FOLDER/VARIANT/TASK/{search,final}``; rerunning
-a command resumes it, and ``table`` collects whatever has finished.
+Every variant's folder is ``FOLDER/VARIANT/TASK/{search,final}`` (``TASK-T1-T2``
+when only some lengths are run); rerunning a command resumes it, and
+``table`` collects whatever has finished.
 
 >>> sorted(VARIANTS)[:3]
 ['analytic', 'bptt', 'drl']
@@ -169,6 +170,31 @@ def _spec(variant: Variant, cells: TaskCells, budget: Budget, stage: str, values
     return {"study": study, "base": base, "space": _space(variant), "groups": {cells.key: list(values)}}
 
 
+def _root(folder, variant: str, task: str, values) -> Path:
+    """The folder of a variant's studies on a task: ``TASK`` for all its lengths, ``TASK-T1-T2`` for some."""
+    values = tuple(values)
+    name = task if values == TASKS[task].values else task + "".join(f"-{v}" for v in values)
+    return Path(folder) / variant / name
+
+
+def _roots(folder, variant: str, task: str) -> list[Path]:
+    """Every study folder of a variant on a task that has a final study (all lengths first, then subsets)."""
+    base = Path(folder) / variant
+    if not base.is_dir():
+        return []
+    cands = [base / task] + sorted(p for p in base.glob(f"{task}-*") if p.is_dir())
+    return [p for p in cands if (p / "final" / SPEC_FILE).exists()]
+
+
+def _root_for(folder, variant: str, task: str, T: int) -> Path | None:
+    """The study folder whose final study holds length ``T`` (the first found)."""
+    key = TASKS[task].key
+    for root in _roots(folder, variant, task):
+        if any(g.values[key] == T for g in Study.open(root / "final").optuna_studies()):
+            return root
+    return None
+
+
 def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: Budget, *,
                 values: tuple[int, ...] | None = None, scheduler: str | None = None, workers: int | None = None,
                 progress: str = "off", say: Callable[[str], None] = print) -> dict:
@@ -180,7 +206,7 @@ def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: B
         raise ConfigError(f"unknown research task {task!r}; known: {', '.join(TASKS)}")
     cells = TASKS[task]
     values = tuple(values or cells.values)
-    root = Path(folder) / v.name / task
+    root = _root(folder, v.name, task, values)
     sspec = parse_spec(_spec(v, cells, budget, "search", values))  # errors name their key before any trial
     fspec = parse_spec(_spec(v, cells, budget, "final", values))
     search, final = Study(sspec, root / "search"), Study(fspec, root / "final")
@@ -225,42 +251,45 @@ def _sd(values) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _row(task: str, T: int, vname: str, v: Variant, trials) -> dict | None:
+    sums = _summaries(trials[0].user_attrs.get("run_dirs") if trials else None)
+    if not sums:
+        return None
+
+    def pick(section, key, scale=1.0):
+        return [None if (s.get(section) or {}).get(key) is None else s[section][key] * scale for s in sums]
+
+    return {"task": task, "T": T, "method": v.method, "variant": vname, "seeds": len(sums),
+            "best_val_loss": _mean(pick("best", "val_loss")),
+            "best_val_accuracy": _mean(pick("best", "seq_acc", 100.0)),
+            "final_val_loss": _mean(pick("final", "val_loss")),
+            "final_val_accuracy": _mean(pick("final", "seq_acc", 100.0)),
+            "baseline_loss": sums[0].get("baseline_loss"),
+            "ms_per_batch": _mean([s.get("ms_per_batch") for s in sums]),
+            "best_val_accuracy_sd": _sd(pick("best", "seq_acc", 100.0)),
+            "final_val_accuracy_sd": _sd(pick("final", "seq_acc", 100.0)),
+            "per_seed_final_accuracy": [None if x is None else round(x, 2) for x in pick("final", "seq_acc", 100.0)],
+            "statuses": ",".join(s.get("status", "?") for s in sums),
+            "params": trials[0].params if trials else {},
+            "description": v.description}
+
+
 def research_rows(folder: str | Path) -> list[dict]:
     """One row per task, T, method and variant from every finished final study under ``folder``."""
-    folder = Path(folder)
     rows = []
     for vname, v in VARIANTS.items():
         for task, cells in TASKS.items():
-            root = folder / vname / task
-            if not (root / "final" / SPEC_FILE).exists():
-                continue
-            final = Study.open(root / "final")
-            for g in final.optuna_studies():
-                T = g.values[cells.key]
-                trials = [t for t in g.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-                sums = _summaries(trials[0].user_attrs.get("run_dirs") if trials else None)
-                if not sums:
-                    continue
-
-                def pick(section, key, scale=1.0):
-                    return [None if (s.get(section) or {}).get(key) is None else s[section][key] * scale
-                            for s in sums]
-
-                row = {"task": task, "T": T, "method": v.method, "variant": vname, "seeds": len(sums),
-                       "best_val_loss": _mean(pick("best", "val_loss")),
-                       "best_val_accuracy": _mean(pick("best", "seq_acc", 100.0)),
-                       "final_val_loss": _mean(pick("final", "val_loss")),
-                       "final_val_accuracy": _mean(pick("final", "seq_acc", 100.0)),
-                       "baseline_loss": sums[0].get("baseline_loss"),
-                       "ms_per_batch": _mean([s.get("ms_per_batch") for s in sums]),
-                       "best_val_accuracy_sd": _sd(pick("best", "seq_acc", 100.0)),
-                       "final_val_accuracy_sd": _sd(pick("final", "seq_acc", 100.0)),
-                       "per_seed_final_accuracy": [None if x is None else round(x, 2)
-                                                   for x in pick("final", "seq_acc", 100.0)],
-                       "statuses": ",".join(s.get("status", "?") for s in sums),
-                       "params": trials[0].params if trials else {},
-                       "description": v.description}
-                rows.append(row)
+            seen = set()
+            for root in _roots(folder, vname, task):
+                for g in Study.open(root / "final").optuna_studies():
+                    T = g.values[cells.key]
+                    if T in seen:  # a length run in two folders: the first is kept
+                        continue
+                    trials = [t for t in g.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+                    row = _row(task, T, vname, v, trials)
+                    if row is not None:
+                        rows.append(row)
+                        seen.add(T)
     order = {n: i for i, n in enumerate(VARIANTS)}
     rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
     return rows
@@ -383,8 +412,8 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
     from ..train.trainer import Trainer, load_run_config, new_run_dir
 
     cells = TASKS[task]
-    root = Path(folder) / variant / task
-    if not (root / "final" / SPEC_FILE).exists():
+    root = _root_for(folder, variant, task, T)
+    if root is None:
         return None
     src = _final_run_dir(root, cells.key, T)
     if src is None:
@@ -505,8 +534,8 @@ def plot_cell(folder: str | Path, task: str, T: int, path: str | Path, variants=
     cells = TASKS[task]
     curves, angles, baseline = [], [], None
     for name in variants or VARIANTS:
-        root = folder / name / task
-        if not (root / "final" / SPEC_FILE).exists():
+        root = _root_for(folder, name, task, T)
+        if root is None:
             continue
         run = _final_run_dir(root, cells.key, T)
         if run is None:
