@@ -320,6 +320,24 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
              f"{budget.describe().capitalize()}. Accuracy: the percentage of validation sequences right at every "
              "position, mean ± standard deviation over the final seeds; *best* is a run's best validation point, "
              "*final* its last. Per-seed final accuracies in brackets.", ""]
+    cells = [(task, T) for task in TASKS for T in TASKS[task].values if any(r["task"] == task and r["T"] == T
+                                                                           for r in rows)]
+    if cells:
+        short = {"sequence_expansion": "seq. expansion", "copy_memory": "copy memory"}
+        lines += ["Whole-sequence accuracy, best / final, mean over the final seeds (- : not run):", "",
+                  "| variant | " + " | ".join(f"{short.get(t, t)} {T}" for t, T in cells) + " |",
+                  "|---|" + "---|" * len(cells)]
+        for name in VARIANTS:
+            mine = {(r["task"], r["T"]): r for r in rows if r["variant"] == name}
+            if not mine:
+                continue
+            vals = []
+            for c in cells:
+                r = mine.get(c)
+                vals.append("-" if r is None else
+                            f"{r['best_val_accuracy']:.1f} / {r['final_val_accuracy']:.1f}")
+            lines.append(f"| {name} | " + " | ".join(vals) + " |")
+        lines.append("")
     for task in TASKS:
         trs = [r for r in rows if r["task"] == task]
         if not trs:
