@@ -215,13 +215,14 @@ def table_rows(name: str, final: Study, search: Study | None = None) -> list[dic
     return rows
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[dict], columns: tuple[str, ...] = CSV_COLUMNS) -> str:
+    """``rows`` as CSV text with ``columns`` (floats to 6 significant digits, None and NaN empty)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(columns)
     for r in rows:
         w.writerow([("" if r[c] is None or (isinstance(r[c], float) and math.isnan(r[c])) else
-                     (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])) for c in CSV_COLUMNS])
+                     (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])) for c in columns])
     return buf.getvalue()
 
 

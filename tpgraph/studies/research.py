@@ -34,8 +34,6 @@ when only some lengths are run); rerunning a command resumes it, and
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import statistics
@@ -49,7 +47,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..provenance import machine
-from .reproduce import SEARCH_SPACE, Budget, _duration, _span
+from .reproduce import SEARCH_SPACE, Budget, _csv, _span, _summaries
 from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
@@ -230,17 +228,6 @@ def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: B
             "folder": root}
 
 
-def _summaries(run_dirs) -> list[dict]:
-    from ..train.records import read_summary
-
-    out = []
-    for d in run_dirs or []:
-        p = Path(d) / "summary.json"
-        if p.exists():
-            out.append(read_summary(p))
-    return out
-
-
 def _mean(values) -> float:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.fmean(values) if values else math.nan
@@ -293,16 +280,6 @@ def research_rows(folder: str | Path) -> list[dict]:
     order = {n: i for i, n in enumerate(VARIANTS)}
     rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
     return rows
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        w.writerow([("" if r[c] is None or (isinstance(r[c], float) and math.isnan(r[c])) else
-                     (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])) for c in CSV_COLUMNS])
-    return buf.getvalue()
 
 
 def _acc(mean, sd) -> str:
@@ -384,7 +361,7 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
     atomic_write_text(md, text)
-    atomic_write_text(out_dir / "research.csv", _csv(rows))
+    atomic_write_text(out_dir / "research.csv", _csv(rows, CSV_COLUMNS))
     atomic_write_json(out_dir / "research.json", {"meta": meta, "budget": asdict(budget), "rows": rows})
     files = {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}
     for task, cells in TASKS.items():
