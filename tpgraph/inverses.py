@@ -261,17 +261,11 @@ class AnalyticInverse(InverseKind):
     def at_forward(self, runner, eng, st, b, slot, sb):
         if sb.ready:
             return
-        from .kinds import _accumulate  # the kinds import the plan, which imports the nodes that import this
+        from .kinds import other_inputs  # the kinds import the plan, which imports the nodes that import this
 
         inv = slot.inverse
         node = st.node
-        if inv.others == "forward":
-            if st.chain and slot.recurrent:
-                np.copyto(sb.og, b.a)  # the non-recurrent inputs, already summed in forward
-            else:
-                _accumulate(eng, st, b, slot.index, sb.og2, eng.wt)
-        else:
-            sb.og.fill(0)
+        other_inputs(eng, st, b, slot, sb)
         if node.bias:
             sb.og2 += eng.params[node.bias]
         kd.atanh_residual(b.h2, b.h2, sb.og2, self._lim(eng, inv), False, b.z2)

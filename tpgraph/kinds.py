@@ -112,6 +112,22 @@ def _cut_ranges(ranges, cuts, fused):
     return out
 
 
+def other_inputs(eng, st, b, slot, sb):
+    """``sb.og``: what an inverse of ``slot`` takes from the node's other inputs (through the forward weights).
+
+    With ``others="forward"`` the sum of the other slots' ``x @ W^T`` (a
+    chain's recurrent slot reuses the forward pass's ``b.a``); zeros with
+    ``others="none"``. Every inverse kind starts from it.
+    """
+    if slot.inverse.others == "forward":
+        if st.chain and slot.recurrent:
+            np.copyto(sb.og, b.a)  # the non-recurrent inputs, already summed in forward
+        else:
+            _accumulate(eng, st, b, slot.index, sb.og2, eng.wt)
+    else:
+        sb.og.fill(0)
+
+
 class DenseRunner:
     """``h = act(sum_i W_i h_i + b)``; softmax outputs are dense with identity activation."""
 
@@ -143,16 +159,9 @@ class DenseRunner:
         if sb.ready:
             return
         inv = slot.inverse
-        c = eng.params[inv.bias] if inv.bias else None
-        if inv.others == "forward":
-            if st.chain and slot.recurrent:
-                np.copyto(sb.og, b.a)  # the non-recurrent inputs, already summed in forward
-            else:
-                _accumulate(eng, st, b, slot.index, sb.og2, eng.wt)
-        else:
-            sb.og.fill(0)
-        if c is not None:
-            sb.og2 += c
+        other_inputs(eng, st, b, slot, sb)
+        if inv.bias:
+            sb.og2 += eng.params[inv.bias]
         np.dot(b.h2, eng.wt[inv.weight], out=sb.gf2)
         ctx = slot.context
         if ctx is not None:  # a joint inverse: gf = g(h_v, h_s) with the siblings' values (og keeps without)
