@@ -17,6 +17,20 @@ def tanh_g(h, x_onehot, P):
     return np.tanh(h @ P["V_h"].T + x_onehot @ P["W_xh"].T + P["c_h"])
 
 
+def reference_step_targets(P, x, y, alpha, n_in, n_out):
+    """The plain SRN's forward pass and step displacements (Eqs. 14-15, 20): ``X``, ``h`` (1-based), ``e``."""
+    L, B = x.shape
+    X = np.eye(n_in)[x]
+    h = [np.zeros((B, P["W_h"].shape[0]))]
+    for t in range(L):
+        h.append(np.tanh(X[t] @ P["W_xh"].T + h[-1] @ P["W_h"].T + P["b_h"]))
+    z = [h[t + 1] @ P["W_hy"].T + P["b_y"] for t in range(L)]
+    p = [np.exp(zz - zz.max(1, keepdims=True)) for zz in z]
+    p = [pp / pp.sum(1, keepdims=True) for pp in p]
+    e = [-alpha * ((p[t] - np.eye(n_out)[y[t]]) / B) @ P["W_hy"] for t in range(L)]
+    return X, h, e
+
+
 def reference_tp(P, x, y, alpha, n_in, n_out, noise=None, sigma=0.0, merge="linear", credit="dtp"):
     L, B = x.shape
     H = P["W_h"].shape[0]

@@ -13,7 +13,7 @@ from tpgraph.errors import ConfigError, GraphError
 from tpgraph.merges import register_merge
 from tpgraph.plan import compile_plan
 
-from test_tp_reference import tanh_g
+from test_tp_reference import reference_step_targets, tanh_g
 
 L, B, H, N_IN, N_OUT = 8, 3, 5, 4, 4
 
@@ -40,14 +40,7 @@ def _cut_before(t, k):
 
 
 def reference_truncated_dtp(P, x, y, alpha, k):
-    X = np.eye(N_IN)[x]
-    h = [np.zeros((B, H))]
-    for t in range(L):
-        h.append(np.tanh(X[t] @ P["W_xh"].T + h[-1] @ P["W_h"].T + P["b_h"]))
-    z = [h[t + 1] @ P["W_hy"].T + P["b_y"] for t in range(L)]
-    p = [np.exp(zz - zz.max(1, keepdims=True)) for zz in z]
-    p = [pp / pp.sum(1, keepdims=True) for pp in p]
-    e = [-alpha * ((p[t] - np.eye(N_OUT)[y[t]]) / B) @ P["W_hy"] for t in range(L)]
+    X, h, e = reference_step_targets(P, x, y, alpha, N_IN, N_OUT)
     hat = [None] * (L + 1)
     hat[L] = h[L] + e[L - 1]
     for t in range(L, 1, -1):
