@@ -147,7 +147,7 @@ class Engine:
         self.alpha = float(alpha)
         if params is None:
             params = self.graph.init_params(seed)
-        shapes = self.graph.param_shapes()
+        shapes = self.plan.param_shapes
         if set(params) != set(shapes):
             raise GraphError(f"params do not match the graph's groups: missing {sorted(set(shapes) - set(params))}, "
                              f"unexpected {sorted(set(params) - set(shapes))}")

@@ -421,7 +421,7 @@ class Graph:
     @property
     def nodes(self) -> list[Node]:
         """All declared nodes, in declaration order."""
-        return [d["node"] for _, d in self.nx.nodes(data=True) if "node" in d]
+        return [d["node"] for d in self.nx._node.values() if "node" in d]  # the attribute dicts, not a NodeView
 
     def __len__(self):
         return self.nx.number_of_nodes()
@@ -441,6 +441,10 @@ class Graph:
             inverse, a parameter group used with two shapes, a loss with
             nothing to compare against.
         """
+        return self._validated()[0]
+
+    def _validated(self) -> tuple[list[str], dict[str, tuple]]:
+        """:meth:`validate`'s order and the :meth:`param_shapes` it checked (the plan keeps both)."""
         g = self.nx
         if g.number_of_nodes() == 0:
             raise GraphError(f"graph {self.name!r} is empty")
@@ -468,7 +472,7 @@ class Graph:
                              f"node uses; groups: {sorted(shapes)}")
         if not any(n.is_loss for n in self.nodes):
             raise GraphError(f"graph {self.name!r} has no loss node: nothing proposes targets")
-        return order
+        return order, shapes
 
     def _size(self, name):
         memo = getattr(self, "_size_memo", None)  # set while validating: each add is walked once

@@ -145,6 +145,7 @@ class Plan:
     where: dict[str, tuple[int, int]]  # node -> (stack id, member index)
     forward_groups: list[str]
     inverse_groups: list[str]
+    param_shapes: dict[str, tuple]  # the graph's groups and shapes, as validated
 
     def __repr__(self):
         return f"Plan({self.graph.name!r}: {len(self.where)} nodes in {len(self.stacks)} stacks)"
@@ -272,7 +273,7 @@ def paused_gc():
 def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
     report = progress or (lambda stage, done, total: None)
     report("compiling", 0, 4)
-    order = graph.validate()
+    order, shapes = graph._validated()
     report("compiling", 1, 4)
     nodes, ins = _index(graph, order)
     need = _needs_target(nodes, ins)
@@ -383,7 +384,7 @@ def _compile_plan(graph: Graph, stacking: bool, progress) -> Plan:
                          f"inverse; an inverse trains its own groups and may only *use* forward weights "
                          f"through others='forward'")
     report("compiling", 4, 4)
-    return Plan(graph, stacks, where, sorted(fwd), sorted(inv))
+    return Plan(graph, stacks, where, sorted(fwd), sorted(inv), shapes)
 
 
 def _context_pairs(graph, nodes, order) -> list:
