@@ -60,3 +60,53 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     assert info["best_val_loss"] == first["best"]["val_loss"]
     assert info["final_val_loss"] == first["final"]["val_loss"]
     assert 0.0 <= info["angle_W_h_late"] <= 180.0
+
+
+def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path):
+    """A new folder's studies join the earlier research.json's rows; a cell it measures replaces the old row."""
+    import json
+
+    budget = RESEARCH_BUDGETS["smoke"]
+    out = tmp_path / "out"
+    run_variant("baseline", "copy_memory", tmp_path / "a", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    first = write_table(tmp_path / "a", out, budget, command="test")
+    old = first["rows"][0]
+    assert old["curve"]["batch"] and len(old["curve"]["batch"]) == len(old["curve"]["val_loss"])
+    # a second checkout: the baseline's folder is gone, only the new variant's study is there
+    run_variant("clip", "copy_memory", tmp_path / "b", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    doc = json.loads((out / "research.json").read_text())
+    doc["rows"][0]["date"] = "2026-11-30"  # as if measured on another day
+    (out / "research.json").write_text(json.dumps(doc))
+    res = write_table(tmp_path / "b", out, budget, command="test")
+    assert [r["variant"] for r in res["rows"]] == ["baseline", "clip"]
+    assert [r["variant"] for r in res["kept"]] == ["baseline"]
+    kept = res["rows"][0]
+    assert kept["best_val_loss"] == old["best_val_loss"] and kept["date"] == "2026-11-30"
+    csv_rows = list(csv.DictReader((out / "research.csv").open()))
+    assert [r["variant"] for r in csv_rows] == ["baseline", "clip"]
+    md = (out / "research.md").read_text()
+    assert "Rows measured on other days" in md and "2026-11-30" in md and "baseline (copy memory 50)" in md
+    assert "plot copy_memory 50" in res["files"]  # both rows carry curves: redrawn with both
+    # without keep, only the folder's rows
+    assert [r["variant"] for r in write_table(tmp_path / "b", tmp_path / "o2", budget, keep=False)["rows"]] == ["clip"]
+
+
+def test_table_keeps_the_plot_when_a_kept_row_has_no_curve(tmp_path):
+    import json
+
+    budget = RESEARCH_BUDGETS["smoke"]
+    out = tmp_path / "out"
+    run_variant("baseline", "copy_memory", tmp_path / "a", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    write_table(tmp_path / "a", out, budget)
+    doc = json.loads((out / "research.json").read_text())
+    del doc["rows"][0]["curve"]  # a row from before curves were stored
+    (out / "research.json").write_text(json.dumps(doc))
+    plot = out / "research" / "copy_memory_T50.png"
+    plot.write_bytes(b"earlier plot")
+    run_variant("clip", "copy_memory", tmp_path / "b", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    res = write_table(tmp_path / "b", out, budget)
+    assert [r["variant"] for r in res["rows"]] == ["baseline", "clip"]
+    assert plot.read_bytes() == b"earlier plot" and "plot copy_memory 50" not in res["files"]
+    (out / "research.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a research table"):
+        write_table(tmp_path / "b", out, budget)

@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", metavar="DIR", default="studies/research", help="where the studies go "
                    "(default studies/research; rerunning resumes)")
     p.add_argument("--out", metavar="DIR", default="docs/results", help="table: where research.md/csv go")
+    p.add_argument("--fresh", action="store_true",
+                   help="table: only the folder's studies (default: rows of OUT/research.json for cells the "
+                        "folder has no study of are kept, with the date they were measured)")
     _add_cluster_options(p)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     return parser
@@ -639,7 +642,10 @@ def cmd_research(args) -> int:
         return EXIT_OK
     if args.action == "table":
         command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["research"] else ""
-        res = write_table(args.folder, args.out, budget, command=command)
+        res = write_table(args.folder, args.out, budget, command=command, keep=not args.fresh)
+        if res["kept"]:
+            print(f"{len(res['kept'])} rows kept from {Path(args.out) / 'research.json'} (cells with no study in "
+                  f"{args.folder}; --fresh to drop them)", file=sys.stderr)
         print(f"{len(res['rows'])} rows; files: " + ", ".join(str(p) for p in res["files"].values()))
         return EXIT_OK
     if not args.variants:

@@ -51,7 +51,8 @@ from .reproduce import SEARCH_SPACE, Budget, _csv, _span, _summaries
 from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
-__all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "run_variant", "write_table",
+__all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "merged_rows", "run_variant",
+           "write_table",
            "inspect_cell", "plot_cell", "CSV_COLUMNS"]
 
 #: The columns of ``research.csv`` (accuracies in percent, means over the final seeds).
@@ -238,8 +239,32 @@ def _sd(values) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _row(task: str, T: int, vname: str, v: Variant, trials) -> dict | None:
-    sums = _summaries(trials[0].user_attrs.get("run_dirs") if trials else None)
+def _curves(root: Path, run_dir, T: int) -> dict:
+    """The first final seed's validation curve and, where inspected, its W_h angle: what a cell's plot draws.
+
+    Kept in the row (a few dozen points each) so that ``research.json`` can
+    redraw the plots after the run folders are gone.
+    """
+    from ..train.records import read_metrics_csv
+
+    out: dict = {}
+    m = Path(run_dir) / "metrics.csv" if run_dir else None
+    if m is not None and m.exists():
+        d = read_metrics_csv(m)
+        ok = np.isfinite(d["val_loss"])
+        out["curve"] = {"batch": d["batch"][ok].astype(int).tolist(), "val_loss": d["val_loss"][ok].tolist()}
+    a = root / "inspect" / f"T-{T}" / "alignment.csv"
+    if a.exists():
+        d = read_metrics_csv(a)
+        if "angle_W_h" in d:
+            ok = np.isfinite(d["angle_W_h"])
+            out["angle_curve"] = {"batch": d["batch"][ok].astype(int).tolist(), "angle_W_h": d["angle_W_h"][ok].tolist()}
+    return out
+
+
+def _row(task: str, T: int, vname: str, v: Variant, trials, root: Path | None = None) -> dict | None:
+    dirs = trials[0].user_attrs.get("run_dirs") if trials else None
+    sums = _summaries(dirs)
     if not sums:
         return None
 
@@ -258,7 +283,8 @@ def _row(task: str, T: int, vname: str, v: Variant, trials) -> dict | None:
             "per_seed_final_accuracy": [None if x is None else round(x, 2) for x in pick("final", "seq_acc", 100.0)],
             "statuses": ",".join(s.get("status", "?") for s in sums),
             "params": trials[0].params if trials else {},
-            "description": v.description}
+            "description": v.description, "date": date.today().isoformat(), "machine": machine(),
+            **(_curves(root, dirs[0], T) if root is not None and dirs else {})}
 
 
 def research_rows(folder: str | Path) -> list[dict]:
@@ -273,7 +299,7 @@ def research_rows(folder: str | Path) -> list[dict]:
                     if T in seen:  # a length run in two folders: the first is kept
                         continue
                     trials = [t for t in g.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-                    row = _row(task, T, vname, v, trials)
+                    row = _row(task, T, vname, v, trials, root)
                     if row is not None:
                         rows.append(row)
                         seen.add(T)
@@ -297,6 +323,13 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
              f"{budget.describe().capitalize()}. Accuracy: the percentage of validation sequences right at every "
              "position, mean ± standard deviation over the final seeds; *best* is a run's best validation point, "
              "*final* its last. Per-seed final accuracies in brackets.", ""]
+    dates: dict = {}
+    for r in rows:
+        dates.setdefault((r.get("date") or meta["date"], r.get("machine") or meta["machine"]), []).append(r)
+    if len(dates) > 1:  # rows kept from earlier runs (merged_rows) say when and where they were measured
+        lines += ["Rows measured on other days, kept from the earlier table: " + "; ".join(
+            f"{d} ({m}): " + ", ".join(sorted({f"{r['variant']} ({r['task'].replace('_', ' ')} {r['T']})" for r in rs}))
+            for (d, m), rs in sorted(dates.items()) if (d, m) != (meta["date"], meta["machine"])) + ".", ""]
     cells = [(task, T) for task in TASKS for T in TASKS[task].values if any(r["task"] == task and r["T"] == T
                                                                            for r in rows)]
     if cells:
@@ -344,12 +377,52 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, command: str = "") -> dict:
-    """Write ``research.csv`` and the table section of ``research.md`` in ``out_dir`` from ``folder``."""
-    from ..train.records import atomic_write_json, atomic_write_text
+def merged_rows(folder: str | Path, previous: str | Path | None) -> tuple[list[dict], list[dict]]:
+    """The rows of ``folder``'s finished studies, plus those of an earlier ``research.json`` it does not hold.
+
+    A cell (task, T, variant) measured in ``folder`` replaces the earlier row;
+    an earlier row of a cell ``folder`` has no study for is kept as it was
+    (with the date it was measured on), so a table grows across sessions and
+    checkouts without re-running what the run folders, which are not
+    committed, no longer hold. Returns ``(rows, kept)``.
+    """
+    import json
 
     rows = research_rows(folder)
+    kept: list[dict] = []
+    path = Path(previous) if previous is not None else None
+    if path is not None and path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            old = doc["rows"]
+            meta = doc.get("meta") or {}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not a research table written by tpgraph ({e}); move it away to start "
+                              "a new table") from None
+        have = {(r["task"], r["T"], r["variant"]) for r in rows}
+        for r in old:
+            if r.get("variant") in VARIANTS and r.get("task") in TASKS and (r["task"], r["T"], r["variant"]) not in have:
+                kept.append({**r, "date": r.get("date") or meta.get("date"),
+                             "machine": r.get("machine") or meta.get("machine")})
+    rows = rows + kept
+    order = {n: i for i, n in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
+    return rows, kept
+
+
+def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, command: str = "",
+                keep: bool = True) -> dict:
+    """Write ``research.csv`` and the table section of ``research.md`` in ``out_dir`` from ``folder``.
+
+    With ``keep`` (the default), rows of ``out_dir/research.json`` for cells
+    that ``folder`` holds no study of are kept (:func:`merged_rows`); a cell's
+    plot is redrawn from the rows' stored curves, and left as it is when a
+    kept row has none (rows written before the curves were stored).
+    """
+    from ..train.records import atomic_write_json, atomic_write_text
+
     out_dir = Path(out_dir)
+    rows, kept = merged_rows(folder, out_dir / "research.json" if keep else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or f"tpgraph research table {folder}", "machine": machine(),
             "date": date.today().isoformat()}
@@ -366,10 +439,14 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     files = {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}
     for task, cells in TASKS.items():
         for T in cells.values:
-            p = plot_cell(folder, task, T, out_dir / "research" / f"{task}_T{T}.png")
+            mine = [r for r in rows if r["task"] == task and r["T"] == T]
+            path = out_dir / "research" / f"{task}_T{T}.png"
+            if any("curve" not in r for r in mine) and path.exists():
+                continue  # a kept row without its curve: redrawing would drop it from the plot
+            p = plot_cell(mine, task, T, path)
             if p is not None:
                 files[f"plot {task} {T}"] = p
-    return {"rows": rows, "files": files}
+    return {"rows": rows, "files": files, "kept": kept}
 
 
 
@@ -510,38 +587,31 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
 
 
 # ---------------------------------------------------------------------- plots
-def plot_cell(folder: str | Path, task: str, T: int, path: str | Path, variants=None) -> Path | None:
+def plot_cell(rows: list[dict], task: str, T: int, path: str | Path) -> Path | None:
     """Validation loss of each variant's first final seed at one cell (and, when inspected, its W_h angle).
 
+    ``rows`` are :func:`research_rows`' (their ``curve`` and ``angle_curve``).
     The left panel draws every variant's validation curve against the
     memoryless baseline (dashed); the right one, for the variants inspected
     with :func:`inspect_cell`, the angle between the update of ``W_h`` and
-    BPTT's gradient over training. Returns None when no variant has a run.
+    BPTT's gradient over training. Returns None when no row has a curve.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..train.records import read_metrics_csv, read_summary
-
-    folder = Path(folder)
     cells = TASKS[task]
     curves, angles, baseline = [], [], None
-    for name in variants or VARIANTS:
-        root = _root_for(folder, name, task, T)
-        if root is None:
+    for r in rows:
+        if r["task"] != task or r["T"] != T or "curve" not in r:
             continue
-        run = _final_run_dir(root, cells.key, T)
-        if run is None:
-            continue
-        m = read_metrics_csv(run / "metrics.csv")
-        curves.append((name, m["batch"], m["val_loss"]))
-        baseline = read_summary(run / "summary.json").get("baseline_loss") or baseline
-        apath = root / "inspect" / f"T-{T}" / "alignment.csv"
-        if apath.exists() and VARIANTS[name].method == "tp":
-            a = read_metrics_csv(apath)
-            angles.append((name, a["batch"], a["angle_W_h"]))
+        c = r["curve"]
+        curves.append((r["variant"], np.asarray(c["batch"]), np.asarray(c["val_loss"], dtype=float)))
+        baseline = r.get("baseline_loss") or baseline
+        a = r.get("angle_curve")
+        if a and r["method"] == "tp":
+            angles.append((r["variant"], np.asarray(a["batch"]), np.asarray(a["angle_W_h"], dtype=float)))
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2 if angles else 1, figsize=(12.8 if angles else 6.4, 4.2), squeeze=False)
