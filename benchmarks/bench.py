@@ -7,7 +7,9 @@
                                           # header (command, machine, versions, BLAS)
     python benchmarks/bench.py --long     # long sequences instead (a few minutes): compile
                                           # time at L 1000..10000, ms per batch and peak
-                                          # memory at L 1000 and 4000, against the goals
+                                          # memory at L 1000 and 4000, against the goals;
+                                          # networkx alone on the same graph as the
+                                          # reference for the compile ratio
 
 The paper's SRN (B=20, one-hot inputs of 10, softmax outputs of 10, float32),
 one full training step (forward + credit assignment + Adam update) per call.
@@ -456,6 +458,32 @@ print(json.dumps(dict(compile_s=dt, compile_cpu_s=dc, nodes=len(eng.plan.where),
                       structure_estimate_mb=m.estimate_memory({L}).structure / 2**20)))
 """
 
+# The reference for the compile ratio: networkx alone building a DiGraph of the same nodes and edges (each with
+# an attribute dict, as the declaration has) and sorting it topologically, timed the same way. The lists of names
+# and edges are taken from the SRN's own graph before the timing starts. Prints one JSON line.
+NX_REFERENCE_CHILD = r"""
+import gc, json, time
+import networkx as nx
+import numpy as np
+from tpgraph.models.srn import SRN
+src = SRN(n_in=10, n_hidden=128, n_out=10, method="tp", dtype=np.float32, seed=0).graph({L}).nx
+nodes = [(v, dict(d)) for v, d in src.nodes(data=True)]
+edges = [(u, v, dict(d)) for u, v, d in src.edges(data=True)]
+del src
+gc.collect()
+gc.disable()  # as the engine's build does
+t, c = time.perf_counter(), time.process_time()
+g = nx.DiGraph()
+for v, d in nodes:
+    g.add_node(v, **d)
+for u, v, d in edges:
+    g.add_edge(u, v, **d)
+order = list(nx.topological_sort(g))
+dt, dc = time.perf_counter() - t, time.process_time() - c
+print(json.dumps(dict(compile_s=dt, compile_cpu_s=dc, nodes=len(order))))
+"""
+COMPILE_METHODS = ("tp", "bptt", "networkx")
+
 # Peak memory of training steps at one length in a fresh process, against the engine's own estimate.
 STEP_MEMORY_CHILD = r"""
 import json, resource, time
@@ -493,11 +521,12 @@ def run_long(args, command):
     repeats = args.repeats or 3
     log(f"[bench] long sequences: compile at L={list(COMPILE_LENGTHS)} (fresh processes, {repeats} repeats), "
         f"steps at L={list(STEP_LENGTHS)}, H=128, B={B}")
-    compile_runs = {m_: {L: [] for L in COMPILE_LENGTHS} for m_ in ("tp", "bptt")}
+    compile_runs = {m_: {L: [] for L in COMPILE_LENGTHS} for m_ in COMPILE_METHODS}
     for r in range(repeats):  # interleaved: every length in every round
-        for method in ("tp", "bptt"):
+        for method in COMPILE_METHODS:
             for L in COMPILE_LENGTHS:
-                out = run_child(COMPILE_CHILD.format(method=method, L=L))
+                child = NX_REFERENCE_CHILD if method == "networkx" else COMPILE_CHILD
+                out = run_child(child.format(method=method, L=L))
                 compile_runs[method][L].append(out)
                 log(f"[bench]   compile {method} L={L}: {out.get('compile_s', out.get('error'))}")
     compile_s = {m_: {str(L): float(np.median([o["compile_s"] for o in runs]))
@@ -546,7 +575,7 @@ def run_long(args, command):
                                 "L8000_over_L2000_min": over(compile_min_s[m_], "8000", "2000"),
                                 "L8000_over_L2000_cpu": over(compile_cpu_s[m_], "8000", "2000"),
                                 "L10000_over_L1000": over(compile_s[m_], "10000", "1000")}
-                           for m_ in ("tp", "bptt")},
+                           for m_ in COMPILE_METHODS},
         "step_ms_median": step_ms, "step_ms_min": step_min_ms, "steps_per_sample": n_inner,
         "step_ratios": {m_: {"L4000_over_L1000": over(step_ms, f"engine_{m_}_L4000", f"engine_{m_}_L1000"),
                              "L4000_over_L1000_min": over(step_min_ms, f"engine_{m_}_L4000",
@@ -576,19 +605,29 @@ def report_long(r):
              "| method | " + " | ".join(f"L={L}" for L in r["config"]["compile_lengths"])
              + " | L8000 / L2000 | at L=10000: nodes, peak RSS growth / structure estimate (MB) |",
              "|---|" + "---|" * (len(r["config"]["compile_lengths"]) + 2)]
-    for m_ in ("tp", "bptt"):
+    names = {"tp": "TP", "bptt": "BPTT", "networkx": "networkx alone (reference)"}
+    methods = [m_ for m_ in ("tp", "bptt", "networkx") if m_ in r["compile_runs"]]
+    for m_ in methods:
         runs = r["compile_runs"][m_].get("10000", [{}])
         rat = r["compile_ratios"][m_]
-        lines.append(f"| {m_.upper()} | " + " | ".join(
+        lines.append(f"| {names[m_]} | " + " | ".join(
             f"{_f(cs[m_].get(str(L)), '{:.2f}')} ({_f(cm[m_].get(str(L)), '{:.2f}')})"
             for L in r["config"]["compile_lengths"])
             + f" | {_f(rat['L8000_over_L2000'], '{:.2f}')} ({_f(rat['L8000_over_L2000_min'], '{:.2f}')}) | "
             + f"{runs[0].get('nodes', '—')}, {_f(runs[0].get('peak_rss_growth_mb'), '{:.0f}')} / "
             + f"{_f(runs[0].get('structure_estimate_mb'), '{:.0f}')} |")
-    for m_ in ("tp", "bptt"):
-        lines.append(f"| {m_.upper()}, CPU time | " + " | ".join(
+    for m_ in methods:
+        lines.append(f"| {names[m_]}, CPU time | " + " | ".join(
             _f(cc[m_].get(str(L)), '{:.2f}') for L in r["config"]["compile_lengths"])
             + f" | {_f(r['compile_ratios'][m_]['L8000_over_L2000_cpu'], '{:.2f}')} | |")
+    lines += ["", "The reference builds a networkx DiGraph of the same nodes and edges (attribute dicts included) "
+              "and sorts it topologically, nothing else: the growth of the cost per node that any engine declared "
+              "on networkx meets on this machine."]
+    if "networkx" in r["compile_ratios"]:
+        ref = r["compile_ratios"]["networkx"]["L8000_over_L2000"]
+        lines += ["Engine's L8000 / L2000 over the reference's, same run: " + ", ".join(
+            f"{names[m_]} {_f(ratio(r['compile_ratios'][m_]['L8000_over_L2000'], ref), '{:.2f}')}"
+            for m_ in ("tp", "bptt")) + " (1.0: the engine grows exactly as networkx alone does)."]
     lines += ["", f"Goals: L=10000 in under {g['compile_L10000_s']:.0f} s; L8000 / L2000 at most "
               f"{g['compile_L8000_over_L2000']} (linear: 4.0).", "",
               "### One training step (forward + credit + Adam), ms per batch, interleaved", "",
