@@ -41,17 +41,17 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     res = write_table(tmp_path / "s", out, budget, command="test")
     rows = list(csv.DictReader((out / "research.csv").open()))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert [(r["variant"], r["method"], r["T"], r["seeds"]) for r in rows] == [
-        ("baseline", "tp", "50", str(budget.final_seeds)), ("truncate_10", "tp", "50", str(budget.final_seeds))]
+    assert [(r["variant"], r["method"], r["T"], r["seeds"]) for r in rows] == [  # budgets other than research: labelled
+        ("baseline@smoke", "tp", "50", str(budget.final_seeds)), ("truncate_10@smoke", "tp", "50", str(budget.final_seeds))]
     for r in rows:
         assert 0 <= float(r["final_val_accuracy"]) <= 100 and float(r["ms_per_batch"]) > 0
         assert float(r["baseline_loss"]) == pytest.approx(10 * 2.0794415416798357 / 70)
     md = (out / "research.md").read_text()
     assert "My reading." in md and "More prose." in md and "old" not in md
-    assert "| 50 | truncate_10 | tp |" in md
+    assert "| 50 | truncate_10@smoke | tp |" in md and "Rows marked `@smoke`: budget 'smoke'" in md
     assert (out / "research" / "copy_memory_T50.png").stat().st_size > 1000 and "research/copy_memory_T50.png" in md
     # the truncated runs really were truncated
-    assert res["rows"][1]["variant"] == "truncate_10"
+    assert res["rows"][1]["variant"] == "truncate_10@smoke"
     # inspection re-runs the first final seed: the same seed retraces the same validation curve
     info = inspect_cell(tmp_path / "s", "baseline", "copy_memory", 50, points=4)
     root = _root_for(tmp_path / "s", "baseline", "copy_memory", 50)
@@ -78,17 +78,18 @@ def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path)
     doc["rows"][0]["date"] = "2026-11-30"  # as if measured on another day
     (out / "research.json").write_text(json.dumps(doc))
     res = write_table(tmp_path / "b", out, budget, command="test")
-    assert [r["variant"] for r in res["rows"]] == ["baseline", "clip"]
-    assert [r["variant"] for r in res["kept"]] == ["baseline"]
+    assert [r["variant"] for r in res["rows"]] == ["baseline@smoke", "clip@smoke"]
+    assert [r["variant"] for r in res["kept"]] == ["baseline@smoke"]
     kept = res["rows"][0]
     assert kept["best_val_loss"] == old["best_val_loss"] and kept["date"] == "2026-11-30"
     csv_rows = list(csv.DictReader((out / "research.csv").open()))
-    assert [r["variant"] for r in csv_rows] == ["baseline", "clip"]
+    assert [r["variant"] for r in csv_rows] == ["baseline@smoke", "clip@smoke"]
     md = (out / "research.md").read_text()
-    assert "Rows measured on other days" in md and "2026-11-30" in md and "baseline (copy memory 50)" in md
+    assert "Rows measured on other days" in md and "2026-11-30" in md and "baseline@smoke (copy memory 50)" in md
     assert "plot copy_memory 50" in res["files"]  # both rows carry curves: redrawn with both
     # without keep, only the folder's rows
-    assert [r["variant"] for r in write_table(tmp_path / "b", tmp_path / "o2", budget, keep=False)["rows"]] == ["clip"]
+    assert [r["variant"] for r in write_table(tmp_path / "b", tmp_path / "o2", budget, keep=False)["rows"]] == [
+        "clip@smoke"]
 
 
 def test_table_keeps_the_plot_when_a_kept_row_has_no_curve(tmp_path):
@@ -105,8 +106,38 @@ def test_table_keeps_the_plot_when_a_kept_row_has_no_curve(tmp_path):
     plot.write_bytes(b"earlier plot")
     run_variant("clip", "copy_memory", tmp_path / "b", budget, values=(50,), scheduler="serial", say=lambda s: None)
     res = write_table(tmp_path / "b", out, budget)
-    assert [r["variant"] for r in res["rows"]] == ["baseline", "clip"]
+    assert [r["variant"] for r in res["rows"]] == ["baseline@smoke", "clip@smoke"]
     assert plot.read_bytes() == b"earlier plot" and "plot copy_memory 50" not in res["files"]
     (out / "research.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a research table"):
         write_table(tmp_path / "b", out, budget)
+
+
+def test_a_budget_start_is_every_search_first_trial_and_rows_of_two_budgets_share_the_table(tmp_path):
+    """``Budget.start`` is enqueued in every group (only the keys the variant searches); unmarked rows keep theirs."""
+    import dataclasses
+    import json
+
+    from tpgraph.studies.runner import Study
+
+    start = (("optimizer.lr_f", 1.5e-3), ("optimizer.lr_g", 2e-3), ("method.alpha", 0.25))
+    budget = dataclasses.replace(RESEARCH_BUDGETS["smoke"], start=start)
+    assert "first trial optimizer.lr_f=0.0015, optimizer.lr_g=0.002, method.alpha=0.25" in budget.describe()
+    for v in ("baseline", "bptt"):
+        run_variant(v, "copy_memory", tmp_path / v, budget, values=(50,), scheduler="serial", say=lambda s: None)
+    first = {v: Study.open(tmp_path / v / v / "copy_memory-50" / "search").optuna_studies()[0].study.trials[0].params
+             for v in ("baseline", "bptt")}
+    assert {k: first["baseline"][k] for k, _ in start} == pytest.approx(dict(start))
+    assert set(first["baseline"]) == {"optimizer.lr_f", "optimizer.lr_g", "optimizer.lr_y", "method.alpha"}
+    assert set(first["bptt"]) == {"optimizer.lr_f", "optimizer.lr_y"}  # BPTT has no lr_g or alpha
+    assert first["bptt"]["optimizer.lr_f"] == pytest.approx(1.5e-3)
+    # an earlier table of the research budget: its unmarked rows stay next to the new budget's labelled ones
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = write_table(tmp_path / "baseline", tmp_path / "tmp", budget)["rows"][0]
+    (out / "research.json").write_text(json.dumps({"meta": {"date": "2026-11-30", "machine": "m"},
+                                                   "rows": [{**earlier, "variant": "baseline"}]}))
+    res = write_table(tmp_path / "bptt", out, budget)
+    assert [r["variant"] for r in res["rows"]] == ["baseline", "bptt@smoke"]
+    md = (out / "research.md").read_text()
+    assert "Rows without a mark: budget 'research'" in md and "Rows marked `@smoke`: budget 'smoke'" in md

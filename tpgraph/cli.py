@@ -318,10 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run: only this task (repeatable; default both)")
     p.add_argument("--only", type=_positive_int, action="append", default=None, metavar="T",
                    help="run: only this delay or length (repeatable)")
-    p.add_argument("--budget", default="research", choices=("research", "smoke"),
-                   help="how much work per cell (default research: 8 TPE trials of 3000 batches, then 3 seeds of 6000)")
-    p.add_argument("--folder", metavar="DIR", default="studies/research", help="where the studies go "
-                   "(default studies/research; rerunning resumes)")
+    p.add_argument("--budget", default="research", choices=("research", "long", "smoke"),
+                   help="how much work per cell (default research: 8 TPE trials of 3000 batches, then 3 seeds of "
+                        "6000; long: 4 trials of 12000 from a fixed first setting, then 3 seeds of 25000; rows of "
+                        "other budgets than research are labelled VARIANT@BUDGET)")
+    p.add_argument("--folder", metavar="DIR", default=None, help="where the studies go "
+                   "(default studies/research, studies/research-BUDGET for other budgets; rerunning resumes)")
     p.add_argument("--out", metavar="DIR", default="docs/results", help="table: where research.md/csv go")
     p.add_argument("--fresh", action="store_true",
                    help="table: only the folder's studies (default: rows of OUT/research.json for cells the "
@@ -635,6 +637,8 @@ def cmd_research(args) -> int:
     from .studies.research import RESEARCH_BUDGETS, TASKS, VARIANTS, run_variant, write_table
 
     budget = RESEARCH_BUDGETS[args.budget]
+    if args.folder is None:
+        args.folder = "studies/research" if budget.name == "research" else f"studies/research-{budget.name}"
     if args.action == "list":
         for v in VARIANTS.values():
             keys = ", ".join(f"{k}={val!r}" for k, val in v.overrides.items()) or "-"

@@ -57,11 +57,14 @@ class Budget:
     final_seeds: int = 3
     warmup: int = 1000             # TP's inverse-only batches (search and final runs)
     val_every: int = 250
+    start: tuple = ()              # (key, value) pairs every search tries first (the keys its space has)
 
     def describe(self) -> str:
+        first = ("; each search's first trial " + ", ".join(f"{k}={v:g}" for k, v in self.start)
+                 + " (the keys the variant searches)") if self.start else ""
         return (f"budget {self.name!r}: search {self.trials} TPE trials per cell of {self.batches} batches "
-                f"(validation on {self.val_batches} batches every {self.val_every}, median pruner), then the best "
-                f"configuration re-run with {self.final_seeds} fresh seeds of {self.final_batches} batches "
+                f"(validation on {self.val_batches} batches every {self.val_every}, median pruner){first}, then the "
+                f"best configuration re-run with {self.final_seeds} fresh seeds of {self.final_batches} batches "
                 f"(validation on {self.final_val_batches} batches); TP warm-up {self.warmup} batches")
 
 

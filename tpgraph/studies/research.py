@@ -134,6 +134,13 @@ TASKS: dict[str, TaskCells] = {
 RESEARCH_BUDGETS: dict[str, Budget] = {
     "research": Budget("research", trials=8, batches=3000, val_batches=50, final_batches=6000,
                        final_val_batches=100, final_seeds=3, warmup=400, val_every=250),
+    # Sequence expansion learns slowly under TP: the issue-3 setting that solves length 20 (alpha 0.1, lr_f 3e-4,
+    # lr_g 1e-3, lr_y 3e-3) is at 6% of sequences after 3500 batches and at 93% after 11500, so a 3000-batch search
+    # cannot tell it from a failure. 'long' searches with trials four times as long, starting from that setting.
+    "long": Budget("long", trials=4, batches=12000, val_batches=50, final_batches=25000, final_val_batches=100,
+                   final_seeds=3, warmup=1000, val_every=250,
+                   start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
+                          ("method.alpha", 0.1))),
     "smoke": Budget("smoke", trials=2, batches=40, val_batches=2, final_batches=40, final_val_batches=2,
                     final_seeds=2, warmup=10, val_every=20),
 }
@@ -213,6 +220,12 @@ def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: B
     t0 = time.perf_counter()
     try:
         say(f"{v.name} / {task} {cells.key} {list(values)}: search ({budget.describe()})")
+        keys = {q.key for q in sspec.space}
+        start = {k: val for k, val in budget.start if k in keys}
+        if start:
+            for g in search.optuna_studies():
+                if not g.study.get_trials(deepcopy=False):
+                    g.study.enqueue_trial(start)
         search.run(executor, progress=StudyProgress(progress))
         best = {tuple(sorted(g["group"].items())): g.get("best_params") for g in search.result().groups}
         for g in final.optuna_studies():
@@ -287,8 +300,23 @@ def _row(task: str, T: int, vname: str, v: Variant, trials, root: Path | None = 
             **(_curves(root, dirs[0], T) if root is not None and dirs else {})}
 
 
-def research_rows(folder: str | Path) -> list[dict]:
-    """One row per task, T, method and variant from every finished final study under ``folder``."""
+def label(variant: str, budget: str = "research") -> str:
+    """A row's variant as the tables show it: the name, with ``@BUDGET`` for a budget other than ``research``."""
+    return variant if budget == "research" else f"{variant}@{budget}"
+
+
+def _row_order(r: dict) -> tuple:
+    name, _, budget = r["variant"].partition("@")
+    order = list(VARIANTS)
+    return (list(TASKS).index(r["task"]), r["T"], order.index(name) if name in VARIANTS else len(order), budget)
+
+
+def research_rows(folder: str | Path, budget: str = "research") -> list[dict]:
+    """One row per task, T, method and variant from every finished final study under ``folder``.
+
+    ``budget`` names the budget the folder's studies ran with; rows of a
+    budget other than ``research`` are labelled ``VARIANT@BUDGET`` (:func:`label`).
+    """
     rows = []
     for vname, v in VARIANTS.items():
         for task, cells in TASKS.items():
@@ -301,10 +329,10 @@ def research_rows(folder: str | Path) -> list[dict]:
                     trials = [t for t in g.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
                     row = _row(task, T, vname, v, trials, root)
                     if row is not None:
+                        row["variant"] = label(vname, budget)
                         rows.append(row)
                         seen.add(T)
-    order = {n: i for i, n in enumerate(VARIANTS)}
-    rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
+    rows.sort(key=_row_order)
     return rows
 
 
@@ -320,9 +348,14 @@ START, END = "<!-- research-table:start -->", "<!-- research-table:end -->"
 def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
     lines = [START, "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}. "
-             f"{budget.describe().capitalize()}. Accuracy: the percentage of validation sequences right at every "
+             "Accuracy: the percentage of validation sequences right at every "
              "position, mean ± standard deviation over the final seeds; *best* is a run's best validation point, "
              "*final* its last. Per-seed final accuracies in brackets.", ""]
+    budgets = list(dict.fromkeys([r["variant"].partition("@")[2] or "research" for r in rows] or [budget.name]))
+    for b in sorted(budgets, key=lambda b: (b != "research", b)):
+        marked = "Rows without a mark" if b == "research" else f"Rows marked `@{b}`"
+        desc = (budget if b == budget.name else RESEARCH_BUDGETS[b]).describe()
+        lines += [f"{marked}: {desc}.", ""]
     dates: dict = {}
     for r in rows:
         dates.setdefault((r.get("date") or meta["date"], r.get("machine") or meta["machine"]), []).append(r)
@@ -337,10 +370,8 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
         lines += ["Whole-sequence accuracy, best / final, mean over the final seeds (- : not run):", "",
                   "| variant | " + " | ".join(f"{short.get(t, t)} {T}" for t, T in cells) + " |",
                   "|---|" + "---|" * len(cells)]
-        for name in VARIANTS:
+        for name in dict.fromkeys(r["variant"] for r in sorted(rows, key=lambda r: _row_order(r)[2:])):
             mine = {(r["task"], r["T"]): r for r in rows if r["variant"] == name}
-            if not mine:
-                continue
             vals = []
             for c in cells:
                 r = mine.get(c)
@@ -373,11 +404,13 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
         lines += ["Validation curves of each variant's first final seed (and, where inspected, the alignment of its "
                   "W_h update with the gradient): " + ", ".join(plots) + ".", ""]
     lines += ["Variants: " + "; ".join(f"`{v.name}`: {v.description}" for v in VARIANTS.values()
-                                       if any(r["variant"] == v.name for r in rows)) + ".", "", END]
+                                       if any(r["variant"].partition("@")[0] == v.name for r in rows)) + ".", ""]
+    lines.append(END)
     return "\n".join(lines)
 
 
-def merged_rows(folder: str | Path, previous: str | Path | None) -> tuple[list[dict], list[dict]]:
+def merged_rows(folder: str | Path, previous: str | Path | None,
+                budget: str = "research") -> tuple[list[dict], list[dict]]:
     """The rows of ``folder``'s finished studies, plus those of an earlier ``research.json`` it does not hold.
 
     A cell (task, T, variant) measured in ``folder`` replaces the earlier row;
@@ -388,7 +421,7 @@ def merged_rows(folder: str | Path, previous: str | Path | None) -> tuple[list[d
     """
     import json
 
-    rows = research_rows(folder)
+    rows = research_rows(folder, budget)
     kept: list[dict] = []
     path = Path(previous) if previous is not None else None
     if path is not None and path.exists():
@@ -401,12 +434,13 @@ def merged_rows(folder: str | Path, previous: str | Path | None) -> tuple[list[d
                               "a new table") from None
         have = {(r["task"], r["T"], r["variant"]) for r in rows}
         for r in old:
-            if r.get("variant") in VARIANTS and r.get("task") in TASKS and (r["task"], r["T"], r["variant"]) not in have:
+            name, _, b = str(r.get("variant")).partition("@")
+            if (name in VARIANTS and (not b or b in RESEARCH_BUDGETS) and r.get("task") in TASKS
+                    and (r["task"], r["T"], r["variant"]) not in have):
                 kept.append({**r, "date": r.get("date") or meta.get("date"),
                              "machine": r.get("machine") or meta.get("machine")})
     rows = rows + kept
-    order = {n: i for i, n in enumerate(VARIANTS)}
-    rows.sort(key=lambda r: (list(TASKS).index(r["task"]), r["T"], order[r["variant"]]))
+    rows.sort(key=_row_order)
     return rows, kept
 
 
@@ -422,7 +456,7 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     from ..train.records import atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
-    rows, kept = merged_rows(folder, out_dir / "research.json" if keep else None)
+    rows, kept = merged_rows(folder, out_dir / "research.json" if keep else None, budget.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or f"tpgraph research table {folder}", "machine": machine(),
             "date": date.today().isoformat()}
