@@ -141,3 +141,22 @@ def test_a_budget_start_is_every_search_first_trial_and_rows_of_two_budgets_shar
     assert [r["variant"] for r in res["rows"]] == ["baseline", "bptt@smoke"]
     md = (out / "research.md").read_text()
     assert "Rows without a mark: budget 'research'" in md and "Rows marked `@smoke`: budget 'smoke'" in md
+
+
+def test_inspection_keeps_cells_inspected_before(tmp_path):
+    from tpgraph.studies.research import write_inspection
+
+    budget = RESEARCH_BUDGETS["smoke"]
+    for v in ("baseline", "clip"):
+        run_variant(v, "copy_memory", tmp_path / "s", budget, values=(50,), scheduler="serial", say=lambda s: None)
+    out = tmp_path / "out"
+    first = write_inspection(tmp_path / "s", out, [("baseline", "copy_memory", 50)], budget="smoke", say=lambda s: None)
+    assert [i["variant"] for i in first["cells"]] == ["baseline@smoke"]
+    res = write_inspection(tmp_path / "s", out, [("clip", "copy_memory", 50)], budget="smoke", say=lambda s: None)
+    assert [i["variant"] for i in res["cells"]] == ["baseline@smoke", "clip@smoke"]
+    assert res["cells"][0]["best_val_loss"] == first["cells"][0]["best_val_loss"]
+    md = (out / "research.md").read_text()
+    assert "| copy memory | 50 | baseline@smoke |" in md and "| copy memory | 50 | clip@smoke |" in md
+    fresh = write_inspection(tmp_path / "s", out, [("clip", "copy_memory", 50)], budget="smoke", keep=False,
+                             say=lambda s: None)
+    assert [i["variant"] for i in fresh["cells"]] == ["clip@smoke"]

@@ -326,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default studies/research, studies/research-BUDGET for other budgets; rerunning resumes)")
     p.add_argument("--out", metavar="DIR", default="docs/results", help="table: where research.md/csv go")
     p.add_argument("--fresh", action="store_true",
-                   help="table: only the folder's studies (default: rows of OUT/research.json for cells the "
-                        "folder has no study of are kept, with the date they were measured)")
+                   help="table, inspect: only the folder's studies (default: rows of OUT/research.json, and "
+                        "inspected cells of OUT/research_inspect.json, that the folder does not redo are kept, with "
+                        "the date they were measured)")
     _add_cluster_options(p)
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     return parser
@@ -663,7 +664,7 @@ def cmd_research(args) -> int:
         cells = [(v, task, T) for v in args.variants for task in (args.tasks or list(TASKS))
                  for T in TASKS[task].values if not args.only or T in args.only]
         command = "tpgraph " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["research"] else ""
-        res = write_inspection(args.folder, args.out, cells, command=command,
+        res = write_inspection(args.folder, args.out, cells, command=command, budget=budget.name, keep=not args.fresh,
                                say=lambda line: print(line, file=sys.stderr))
         print(f"{len(res['cells'])} cells inspected; files: " + ", ".join(str(p) for p in res["files"].values()))
         return EXIT_OK

@@ -576,7 +576,11 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "better than chance; BPTT's own rows are 0 by definition). Reconstruction loss: the inverse's, summed over "
              "the steps, per sequence, at the validation points after the warm-up: the median, the largest rise "
              "between two points and the last value. Local loss: the mean over the hidden steps of "
-             "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median.", "",
+             "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median."
+             + (" Cells inspected on other days: " + "; ".join(
+                 f"{i['variant']} ({i['task'].replace('_', ' ')} {i['T']}, {i['date']})" for i in infos
+                 if i.get("date") and i["date"] != meta["date"]) + "." if any(
+                 i.get("date") and i["date"] != meta["date"] for i in infos) else ""), "",
              "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
              "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
              "rho(W_h) last |",
@@ -595,19 +599,37 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
 
 
 def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[str, str, int]], *,
-                     command: str = "", say: Callable[[str], None] = print) -> dict:
-    """Inspect ``cells`` (variant, task, T) and write the inspection section of ``research.md``."""
+                     command: str = "", budget: str = "research", keep: bool = True,
+                     say: Callable[[str], None] = print) -> dict:
+    """Inspect ``cells`` (variant, task, T) and write the inspection section of ``research.md``.
+
+    ``budget`` labels the cells as the table does (:func:`label`). With
+    ``keep`` (the default), the cells of an earlier ``research_inspect.json``
+    that are not inspected again stay in the section, each with its date.
+    """
+    import json
+
     from ..train.records import atomic_write_json, atomic_write_text
 
     infos = []
     for variant, task, T in cells:
-        say(f"inspect {variant} / {task} T={T}")
+        say(f"inspect {label(variant, budget)} / {task} T={T}")
         info = inspect_cell(folder, variant, task, T)
         if info is not None:
-            infos.append(info)
+            infos.append({**info, "variant": label(variant, budget), "date": date.today().isoformat()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or "tpgraph research inspect", "machine": machine(), "date": date.today().isoformat()}
+    path = out_dir / "research_inspect.json"
+    if keep and path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            old, when = doc["cells"], (doc.get("meta") or {}).get("date")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: not an inspection written by tpgraph ({e}); move it away to start anew") from None
+        have = {(i["variant"], i["task"], i["T"]) for i in infos}
+        infos = [{**i, "date": i.get("date") or when} for i in old if (i["variant"], i["task"], i["T"]) not in have] + infos
+        infos.sort(key=_row_order)
     md = out_dir / "research.md"
     text = md.read_text() if md.exists() else "# Research: variants of target propagation\n"
     section = inspect_markdown(infos, meta)
@@ -616,8 +638,8 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     atomic_write_text(md, text)
-    atomic_write_json(out_dir / "research_inspect.json", {"meta": meta, "cells": infos})
-    return {"cells": infos, "files": {"md": md, "json": out_dir / "research_inspect.json"}}
+    atomic_write_json(path, {"meta": meta, "cells": infos})
+    return {"cells": infos, "files": {"md": md, "json": path}}
 
 
 # ---------------------------------------------------------------------- plots
