@@ -114,6 +114,10 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("clip", "tp", {"method.merge": "clipped"},
             "target-step clipping: each sample's merged displacement clipped to norm method.clip (searched)",
             space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
+    Variant("noise_clip", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped"},
+            "denoising noise 0.1 and target-step clipping (method.clip searched): the seeds of noise_0.1 that fail "
+            "sequence expansion ask for displacements a thousand times larger than those that learn it",
+            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
 )
 
 
@@ -140,7 +144,7 @@ RESEARCH_BUDGETS: dict[str, Budget] = {
     "long": Budget("long", trials=4, batches=12000, val_batches=50, final_batches=25000, final_val_batches=100,
                    final_seeds=3, warmup=1000, val_every=250,
                    start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
-                          ("method.alpha", 0.1))),
+                          ("method.alpha", 0.1), ("method.clip", 0.1))),
     "smoke": Budget("smoke", trials=2, batches=40, val_batches=2, final_batches=40, final_val_batches=2,
                     final_seeds=2, warmup=10, val_every=20),
 }
