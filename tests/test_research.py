@@ -85,7 +85,7 @@ def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path)
     csv_rows = list(csv.DictReader((out / "research.csv").open()))
     assert [r["variant"] for r in csv_rows] == ["baseline@smoke", "clip@smoke"]
     md = (out / "research.md").read_text()
-    assert "Rows measured on other days" in md and "2026-11-30" in md and "baseline@smoke (copy memory 50)" in md
+    assert "1 of the 2 rows are not in this command's folder" in md and "2026-11-30 (" in md and "1 row of baseline@smoke" in md
     assert "plot copy_memory 50" in res["files"]  # both rows carry curves: redrawn with both
     # without keep, only the folder's rows
     assert [r["variant"] for r in write_table(tmp_path / "b", tmp_path / "o2", budget, keep=False)["rows"]] == [

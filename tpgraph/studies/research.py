@@ -349,7 +349,7 @@ def _acc(mean, sd) -> str:
 START, END = "<!-- research-table:start -->", "<!-- research-table:end -->"
 
 
-def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
+def table_markdown(rows: list[dict], budget: Budget, meta: dict, kept: list[dict] = ()) -> str:
     lines = [START, "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}. "
              "Accuracy: the percentage of validation sequences right at every "
@@ -361,12 +361,13 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict) -> str:
         desc = (budget if b == budget.name else RESEARCH_BUDGETS[b]).describe()
         lines += [f"{marked}: {desc}.", ""]
     dates: dict = {}
-    for r in rows:
-        dates.setdefault((r.get("date") or meta["date"], r.get("machine") or meta["machine"]), []).append(r)
-    if len(dates) > 1:  # rows kept from earlier runs (merged_rows) say when and where they were measured
-        lines += ["Rows measured on other days, kept from the earlier table: " + "; ".join(
-            f"{d} ({m}): " + ", ".join(sorted({f"{r['variant']} ({r['task'].replace('_', ' ')} {r['T']})" for r in rs}))
-            for (d, m), rs in sorted(dates.items()) if (d, m) != (meta["date"], meta["machine"])) + ".", ""]
+    for r in kept:
+        dates.setdefault((r.get("date") or "?", r.get("machine") or "?"), []).append(r)
+    if dates:  # rows kept from the earlier table (merged_rows) say when and where they were measured
+        lines += [f"{len(kept)} of the {len(rows)} rows are not in this command's folder and were kept from the "
+                  "earlier table; measured on " + "; ".join(
+                      f"{d} ({m}): {len(rs)} row{'s' * (len(rs) != 1)} of " + ", ".join(dict.fromkeys(r["variant"] for r in rs))
+                      for (d, m), rs in sorted(dates.items())) + ".", ""]
     cells = [(task, T) for task in TASKS for T in TASKS[task].values if any(r["task"] == task and r["T"] == T
                                                                            for r in rows)]
     if cells:
@@ -464,7 +465,7 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or f"tpgraph research table {folder}", "machine": machine(),
             "date": date.today().isoformat()}
-    table = table_markdown(rows, budget, meta)
+    table = table_markdown(rows, budget, meta, kept)
     md = out_dir / "research.md"
     text = md.read_text() if md.exists() else "# Research: variants of target propagation\n\n" + START + "\n" + END + "\n"
     if START in text and END in text:
