@@ -49,7 +49,9 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     md = (out / "research.md").read_text()
     assert "My reading." in md and "More prose." in md and "old" not in md
     assert "| 50 | truncate_10@smoke | tp |" in md and "Rows marked `@smoke`: budget 'smoke'" in md
-    assert (out / "research" / "copy_memory_T50.png").stat().st_size > 1000 and "research/copy_memory_T50.png" in md
+    # a plot per cell and budget
+    assert (out / "research" / "copy_memory_T50_smoke.png").stat().st_size > 1000
+    assert "(research/copy_memory_T50_smoke.png)" in md
     # the truncated runs really were truncated
     assert res["rows"][1]["variant"] == "truncate_10@smoke"
     # inspection re-runs the first final seed: the same seed retraces the same validation curve
@@ -86,7 +88,7 @@ def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path)
     assert [r["variant"] for r in csv_rows] == ["baseline@smoke", "clip@smoke"]
     md = (out / "research.md").read_text()
     assert "1 of the 2 rows are not in this command's folder" in md and "2026-11-30 (" in md and "1 row of baseline@smoke" in md
-    assert "plot copy_memory 50" in res["files"]  # both rows carry curves: redrawn with both
+    assert "plot copy_memory 50 @smoke" in res["files"]  # both rows carry curves: redrawn with both
     # without keep, only the folder's rows
     assert [r["variant"] for r in write_table(tmp_path / "b", tmp_path / "o2", budget, keep=False)["rows"]] == [
         "clip@smoke"]
@@ -102,12 +104,12 @@ def test_table_keeps_the_plot_when_a_kept_row_has_no_curve(tmp_path):
     doc = json.loads((out / "research.json").read_text())
     del doc["rows"][0]["curve"]  # a row from before curves were stored
     (out / "research.json").write_text(json.dumps(doc))
-    plot = out / "research" / "copy_memory_T50.png"
+    plot = out / "research" / "copy_memory_T50_smoke.png"
     plot.write_bytes(b"earlier plot")
     run_variant("clip", "copy_memory", tmp_path / "b", budget, values=(50,), scheduler="serial", say=lambda s: None)
     res = write_table(tmp_path / "b", out, budget)
     assert [r["variant"] for r in res["rows"]] == ["baseline@smoke", "clip@smoke"]
-    assert plot.read_bytes() == b"earlier plot" and "plot copy_memory 50" not in res["files"]
+    assert plot.read_bytes() == b"earlier plot" and "plot copy_memory 50 @smoke" not in res["files"]
     (out / "research.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a research table"):
         write_table(tmp_path / "b", out, budget)

@@ -404,8 +404,9 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict, kept: list[dict
                 f"{fmt_value(p.get('optimizer.lr_f'))} | {fmt_value(p.get('optimizer.lr_y'))} | "
                 f"{fmt_value(p.get('optimizer.lr_g'))} | {fmt_value(p.get('method.alpha'))} |")
         lines.append("")
-        plots = [f"[{label} {T}](research/{task}_T{T}.png)" for T in TASKS[task].values
-                 if any(r["T"] == T for r in trs)]
+        plots = [f"[{label} {T}{' @' + b if b else ''}](research/{task}_T{T}{'_' + b if b else ''}.png)"
+                 for T in TASKS[task].values
+                 for b in dict.fromkeys(r["variant"].partition("@")[2] for r in trs if r["T"] == T)]
         lines += ["Validation curves of each variant's first final seed (and, where inspected, the alignment of its "
                   "W_h update with the gradient): " + ", ".join(plots) + ".", ""]
     lines += ["Variants: " + "; ".join(f"`{v.name}`: {v.description}" for v in VARIANTS.values()
@@ -478,13 +479,14 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     files = {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}
     for task, cells in TASKS.items():
         for T in cells.values:
-            mine = [r for r in rows if r["task"] == task and r["T"] == T]
-            path = out_dir / "research" / f"{task}_T{T}.png"
-            if any("curve" not in r for r in mine) and path.exists():
-                continue  # a kept row without its curve: redrawing would drop it from the plot
-            p = plot_cell(mine, task, T, path)
-            if p is not None:
-                files[f"plot {task} {T}"] = p
+            for b in dict.fromkeys(r["variant"].partition("@")[2] for r in rows):  # a plot per budget and cell
+                mine = [r for r in rows if r["task"] == task and r["T"] == T and r["variant"].partition("@")[2] == b]
+                path = out_dir / "research" / (f"{task}_T{T}.png" if not b else f"{task}_T{T}_{b}.png")
+                if any("curve" not in r for r in mine) and path.exists():
+                    continue  # a kept row without its curve: redrawing would drop it from the plot
+                p = plot_cell(mine, task, T, path)
+                if p is not None:
+                    files[f"plot {task} {T}" + (f" @{b}" if b else "")] = p
     return {"rows": rows, "files": files, "kept": kept}
 
 
