@@ -606,7 +606,7 @@ def report_long(r):
              + " | L8000 / L2000 | at L=10000: nodes, peak RSS growth / structure estimate (MB) |",
              "|---|" + "---|" * (len(r["config"]["compile_lengths"]) + 2)]
     names = {"tp": "TP", "bptt": "BPTT", "networkx": "networkx alone (reference)"}
-    methods = [m_ for m_ in ("tp", "bptt", "networkx") if m_ in r["compile_runs"]]
+    methods = [m_ for m_ in COMPILE_METHODS if m_ in r["compile_runs"]]  # older results have no reference
     for m_ in methods:
         runs = r["compile_runs"][m_].get("10000", [{}])
         rat = r["compile_ratios"][m_]

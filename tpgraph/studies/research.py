@@ -52,8 +52,7 @@ from .runner import SPEC_FILE, Study, StudyProgress, fmt_value, make_executor
 from .spec import parse_spec
 
 __all__ = ["Variant", "VARIANTS", "TASKS", "RESEARCH_BUDGETS", "research_rows", "merged_rows", "run_variant",
-           "write_table",
-           "inspect_cell", "plot_cell", "CSV_COLUMNS"]
+           "write_table", "inspect_cell", "plot_cell", "CSV_COLUMNS"]
 
 #: The columns of ``research.csv`` (accuracies in percent, means over the final seeds).
 CSV_COLUMNS = ("task", "T", "method", "variant", "seeds", "best_val_loss", "best_val_accuracy", "final_val_loss",
@@ -264,19 +263,18 @@ def _curves(root: Path, run_dir, T: int) -> dict:
     """
     from ..train.records import read_metrics_csv
 
-    out: dict = {}
-    m = Path(run_dir) / "metrics.csv" if run_dir else None
-    if m is not None and m.exists():
-        d = read_metrics_csv(m)
-        ok = np.isfinite(d["val_loss"])
-        out["curve"] = {"batch": d["batch"][ok].astype(int).tolist(), "val_loss": d["val_loss"][ok].tolist()}
-    a = root / "inspect" / f"T-{T}" / "alignment.csv"
-    if a.exists():
-        d = read_metrics_csv(a)
-        if "angle_W_h" in d:
-            ok = np.isfinite(d["angle_W_h"])
-            out["angle_curve"] = {"batch": d["batch"][ok].astype(int).tolist(), "angle_W_h": d["angle_W_h"][ok].tolist()}
-    return out
+    def series(path: Path, column: str) -> dict | None:
+        if not path.exists():
+            return None
+        d = read_metrics_csv(path)
+        if column not in d:
+            return None
+        ok = np.isfinite(d[column])
+        return {"batch": d["batch"][ok].astype(int).tolist(), column: d[column][ok].tolist()}
+
+    found = {"curve": series(Path(run_dir) / "metrics.csv", "val_loss"),
+             "angle_curve": series(root / "inspect" / f"T-{T}" / "alignment.csv", "angle_W_h")}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _row(task: str, T: int, vname: str, v: Variant, trials, root: Path | None = None) -> dict | None:
@@ -309,8 +307,14 @@ def label(variant: str, budget: str = "research") -> str:
     return variant if budget == "research" else f"{variant}@{budget}"
 
 
+def _split(variant_label: str) -> tuple[str, str]:
+    """A row's variant label as (variant, budget); the budget is ``""`` for ``research`` (:func:`label`)."""
+    name, _, budget = str(variant_label).partition("@")
+    return name, budget
+
+
 def _row_order(r: dict) -> tuple:
-    name, _, budget = r["variant"].partition("@")
+    name, budget = _split(r["variant"])
     order = list(VARIANTS)
     return (list(TASKS).index(r["task"]), r["T"], order.index(name) if name in VARIANTS else len(order), budget)
 
@@ -355,7 +359,7 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict, kept: list[dict
              "Accuracy: the percentage of validation sequences right at every "
              "position, mean ± standard deviation over the final seeds; *best* is a run's best validation point, "
              "*final* its last. Per-seed final accuracies in brackets.", ""]
-    budgets = list(dict.fromkeys([r["variant"].partition("@")[2] or "research" for r in rows] or [budget.name]))
+    budgets = list(dict.fromkeys([_split(r["variant"])[1] or "research" for r in rows] or [budget.name]))
     for b in sorted(budgets, key=lambda b: (b != "research", b)):
         marked = "Rows without a mark" if b == "research" else f"Rows marked `@{b}`"
         desc = (budget if b == budget.name else RESEARCH_BUDGETS[b]).describe()
@@ -406,11 +410,11 @@ def table_markdown(rows: list[dict], budget: Budget, meta: dict, kept: list[dict
         lines.append("")
         plots = [f"[{label} {T}{' @' + b if b else ''}](research/{task}_T{T}{'_' + b if b else ''}.png)"
                  for T in TASKS[task].values
-                 for b in dict.fromkeys(r["variant"].partition("@")[2] for r in trs if r["T"] == T)]
+                 for b in dict.fromkeys(_split(r["variant"])[1] for r in trs if r["T"] == T)]
         lines += ["Validation curves of each variant's first final seed (and, where inspected, the alignment of its "
                   "W_h update with the gradient): " + ", ".join(plots) + ".", ""]
     lines += ["Variants: " + "; ".join(f"`{v.name}`: {v.description}" for v in VARIANTS.values()
-                                       if any(r["variant"].partition("@")[0] == v.name for r in rows)) + ".", ""]
+                                       if any(_split(r["variant"])[0] == v.name for r in rows)) + ".", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -425,29 +429,39 @@ def merged_rows(folder: str | Path, previous: str | Path | None,
     checkouts without re-running what the run folders, which are not
     committed, no longer hold. Returns ``(rows, kept)``.
     """
+    rows = research_rows(folder, budget)
+    kept = _earlier(previous, "rows", rows)
+    return sorted(rows + kept, key=_row_order), kept
+
+
+def _earlier(path: str | Path | None, key: str, new: list[dict]) -> list[dict]:
+    """The entries under ``key`` of an earlier ``research.json`` or ``research_inspect.json`` that ``new`` does not redo.
+
+    An entry is a cell (task, T, variant label) of a known variant, task and
+    budget; each keeps the date and machine it was measured on (the file's,
+    for entries written before entries carried their own). A file that is
+    not such a document is refused, naming it, before anything is written.
+    """
     import json
 
-    rows = research_rows(folder, budget)
-    kept: list[dict] = []
-    path = Path(previous) if previous is not None else None
-    if path is not None and path.exists():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            old = doc["rows"]
-            meta = doc.get("meta") or {}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: not a research table written by tpgraph ({e}); move it away to start "
-                              "a new table") from None
-        have = {(r["task"], r["T"], r["variant"]) for r in rows}
-        for r in old:
-            name, _, b = str(r.get("variant")).partition("@")
-            if (name in VARIANTS and (not b or b in RESEARCH_BUDGETS) and r.get("task") in TASKS
-                    and (r["task"], r["T"], r["variant"]) not in have):
-                kept.append({**r, "date": r.get("date") or meta.get("date"),
-                             "machine": r.get("machine") or meta.get("machine")})
-    rows = rows + kept
-    rows.sort(key=_row_order)
-    return rows, kept
+    if path is None or not Path(path).exists():
+        return []
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        old, meta = doc[key], doc.get("meta") or {}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a research table or inspection written by tpgraph ({e}); move it away to "
+                          "start anew") from None
+    have = {(r["task"], r["T"], r["variant"]) for r in new}
+    out = []
+    for r in old:
+        name, b = _split(r.get("variant"))
+        if (name in VARIANTS and (not b or b in RESEARCH_BUDGETS) and r.get("task") in TASKS
+                and (r["task"], r["T"], r["variant"]) not in have):
+            out.append({**r, "date": r.get("date") or meta.get("date"),
+                        "machine": r.get("machine") or meta.get("machine")})
+    return out
 
 
 def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, command: str = "",
@@ -479,8 +493,8 @@ def write_table(folder: str | Path, out_dir: str | Path, budget: Budget, *, comm
     files = {"md": md, "csv": out_dir / "research.csv", "json": out_dir / "research.json"}
     for task, cells in TASKS.items():
         for T in cells.values:
-            for b in dict.fromkeys(r["variant"].partition("@")[2] for r in rows):  # a plot per budget and cell
-                mine = [r for r in rows if r["task"] == task and r["T"] == T and r["variant"].partition("@")[2] == b]
+            for b in dict.fromkeys(_split(r["variant"])[1] for r in rows):  # a plot per budget and cell
+                mine = [r for r in rows if r["task"] == task and r["T"] == T and _split(r["variant"])[1] == b]
                 path = out_dir / "research" / (f"{task}_T{T}.png" if not b else f"{task}_T{T}_{b}.png")
                 if any("curve" not in r for r in mine) and path.exists():
                     continue  # a kept row without its curve: redrawing would drop it from the plot
@@ -575,6 +589,7 @@ INSPECT_START, INSPECT_END = "<!-- research-inspect:start -->", "<!-- research-i
 
 
 def inspect_markdown(infos: list[dict], meta: dict) -> str:
+    older = [i for i in infos if i.get("date") and i["date"] != meta["date"]]
     lines = [INSPECT_START, "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}: the first final seed of each cell "
              "re-run with `protocol.alignment_every` on. Angles in degrees between the variant's update of a group "
@@ -585,9 +600,8 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "between two points and the last value. Local loss: the mean over the hidden steps of "
              "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median."
              + (" Cells inspected on other days: " + "; ".join(
-                 f"{i['variant']} ({i['task'].replace('_', ' ')} {i['T']}, {i['date']})" for i in infos
-                 if i.get("date") and i["date"] != meta["date"]) + "." if any(
-                 i.get("date") and i["date"] != meta["date"] for i in infos) else ""), "",
+                 f"{i['variant']} ({i['task'].replace('_', ' ')} {i['T']}, {i['date']})" for i in older) + "."
+                 if older else ""), "",
              "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
              "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
              "rho(W_h) last |",
@@ -614,8 +628,6 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
     ``keep`` (the default), the cells of an earlier ``research_inspect.json``
     that are not inspected again stay in the section, each with its date.
     """
-    import json
-
     from ..train.records import atomic_write_json, atomic_write_text
 
     infos = []
@@ -628,15 +640,8 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": command or "tpgraph research inspect", "machine": machine(), "date": date.today().isoformat()}
     path = out_dir / "research_inspect.json"
-    if keep and path.exists():
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            old, when = doc["cells"], (doc.get("meta") or {}).get("date")
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: not an inspection written by tpgraph ({e}); move it away to start anew") from None
-        have = {(i["variant"], i["task"], i["T"]) for i in infos}
-        infos = [{**i, "date": i.get("date") or when} for i in old if (i["variant"], i["task"], i["T"]) not in have] + infos
-        infos.sort(key=_row_order)
+    if keep:
+        infos = sorted(_earlier(path, "cells", infos) + infos, key=_row_order)
     md = out_dir / "research.md"
     text = md.read_text() if md.exists() else "# Research: variants of target propagation\n"
     section = inspect_markdown(infos, meta)
