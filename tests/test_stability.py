@@ -234,6 +234,86 @@ def test_lr_warmup_ramps_the_forward_and_output_rates_after_the_inverse_warmup()
     assert b.callbacks[0].lrs[1]["W_h"] == o.lr_f / 4 and b.callbacks[0].lrs[4]["W_h"] == o.lr_f
 
 
+# ---------------------------------------------------------------------- lr decay
+class _Rates(Callback):
+    """The learning rate of every group that each batch trained with (read after the batch)."""
+
+    def __init__(self):
+        self.lrs = {}
+
+    def on_batch(self, trainer, batch, loss):
+        self.lrs[batch] = {g: opt.lr for g, opt in trainer.engine.optimizers.items()}
+
+
+def _reference_decay(kind, k, start, n, final):
+    """The decay factor of 0-based batch k, written out from the formulas of the docs."""
+    if k <= start:
+        return 1.0
+    u = (k - start) / (n - 1 - start)
+    return final + (1 - final) * (1 + np.cos(np.pi * u)) / 2 if kind == "cosine" else 1 - (1 - final) * u
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_lr_decay_scales_the_forward_and_output_rates_but_not_the_inverse(kind):
+    rec = _Rates()
+    t = Trainer(_config(f"protocol.lr_decay={kind}", "protocol.lr_decay_final=0.1", "protocol.n_batches=30"),
+                callbacks=[rec])
+    summary = t.run()
+    o = t.config.optimizer
+    for b in range(1, 31):   # batch b (1-based) is 0-based batch b - 1; the decay starts after the warm-up (10)
+        f = _reference_decay(kind, b - 1, 10, 30, 0.1)
+        for g in ("W_xh", "W_h", "b_h"):
+            assert rec.lrs[b][g] == pytest.approx(o.lr_f * f, rel=1e-12), (b, g)
+        for g in ("W_hy", "b_y"):
+            assert rec.lrs[b][g] == pytest.approx(o.lr_y * f, rel=1e-12), (b, g)
+        assert rec.lrs[b]["V_h"] == rec.lrs[b]["c_h"] == o.lr_g
+    assert rec.lrs[11]["W_h"] == o.lr_f and rec.lrs[30]["W_h"] == pytest.approx(0.1 * o.lr_f, rel=1e-12)
+    assert summary["stability"]["lr_decay"] == {"kind": kind, "start": 10, "final": 0.1}
+
+
+def test_lr_decay_start_and_the_warmup_ramp_multiply():
+    rec = _Rates()
+    t = Trainer(_config("protocol.lr_decay=linear", "protocol.lr_decay_start=20", "protocol.lr_decay_final=0.2",
+                        "protocol.lr_warmup=4", "protocol.n_batches=40"), callbacks=[rec])
+    summary = t.run()
+    o = t.config.optimizer
+    for b in range(1, 41):
+        k = b - 1
+        ramp = min(max(k - 10, 0) + 1, 4) / 4
+        assert rec.lrs[b]["W_h"] == pytest.approx(o.lr_f * ramp * _reference_decay("linear", k, 20, 40, 0.2),
+                                                  rel=1e-12), b
+    assert rec.lrs[40]["W_h"] == pytest.approx(0.2 * o.lr_f, rel=1e-12) and rec.lrs[40]["V_h"] == o.lr_g
+    assert summary["stability"]["lr_decay"] == {"kind": "linear", "start": 20, "final": 0.2}
+    # BPTT: no inverse warm-up, so by default the decay starts at the first batch
+    b = Trainer(_config("method.name=bptt", "protocol.lr_decay=cosine", "protocol.lr_decay_final=0.5",
+                        "protocol.n_batches=11"), callbacks=[_Rates()])
+    b.run()
+    assert b.callbacks[0].lrs[1]["W_h"] == o.lr_f
+    assert b.callbacks[0].lrs[6]["W_h"] == pytest.approx(0.75 * o.lr_f, rel=1e-12)
+    assert b.callbacks[0].lrs[11]["W_h"] == pytest.approx(0.5 * o.lr_f, rel=1e-12)
+
+
+def test_lr_decay_changes_training_only_after_its_start():
+    plain = Trainer(_config("protocol.n_batches=40"))
+    plain.run()
+    late = Trainer(_config("protocol.n_batches=40", "protocol.lr_decay=cosine", "protocol.lr_decay_start=39"))
+    late.run()   # starts at the last batch, whose factor is 1: switched on, it changes nothing before it acts
+    _assert_same_params(_params(plain), _params(late))
+    decayed = Trainer(_config("protocol.n_batches=40", "protocol.lr_decay=cosine"))
+    decayed.run()
+    assert not np.array_equal(decayed.model.params["W_h"], plain.model.params["W_h"])
+
+
+def test_resume_mid_lr_decay_matches_an_uninterrupted_run(tmp_path):
+    sets = ["protocol.lr_decay=cosine", "protocol.n_batches=80", "output.checkpoint_every=15"]
+    full = Trainer(_config(*sets))
+    sf = full.run()
+    part, resumed = _interrupted(sets, 45, tmp_path)
+    sr = resumed.run()
+    _assert_same_params(_params(full), _params(resumed))
+    assert sr["final"]["val_loss"] == sf["final"]["val_loss"] and sr["stability"]["lrs"] == sf["stability"]["lrs"]
+
+
 # ---------------------------------------------------------------------- resume
 def _interrupted(cfg_sets, stop_at, tmp_path, callbacks=()):
     cfg = _config(*cfg_sets, runs_dir=tmp_path)
@@ -288,6 +368,10 @@ def test_resume_after_a_rollback_matches_an_uninterrupted_run(tmp_path):
     ("protocol.spectral_limit=0", "protocol.spectral_limit"),
     ("protocol.spectral_every=0", "protocol.spectral_every"),
     ("protocol.lr_warmup=-1", "protocol.lr_warmup"),
+    ("protocol.lr_decay=step", "protocol.lr_decay"),
+    ("protocol.lr_decay_final=1.5", "protocol.lr_decay_final"),
+    ("protocol.lr_decay_final=0", "protocol.lr_decay_final"),
+    ("protocol.lr_decay_start=-1", "protocol.lr_decay_start"),
     ("method.clip=0", "method.clip"),
     ("method.clip=0.5", "method.clip"),   # with method.merge = linear
 ])

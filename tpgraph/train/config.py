@@ -313,6 +313,15 @@ class ProtocolConfig:
                                "the eigenvalues only when the bound passes the limit)", minimum=1)
     lr_warmup: int = _opt(int, 0, "after the inverse-only warm-up, ramp the forward and output learning rates "
                           "linearly over this many batches (the k-th uses lr k / lr_warmup); 0: off", minimum=0)
+    lr_decay: str = _opt(str, "none", "decay the forward and output learning rates (not the inverse's, which keeps "
+                         "up with the slowing forward weights) from protocol.lr_decay_start to the last batch, "
+                         "where they reach lr_decay_final times their rate: 'cosine', 'linear' or 'none'",
+                         choices=("none", "cosine", "linear"))
+    lr_decay_start: int | None = _opt(int, None, "lr_decay: the batch after which the rates start to decay; "
+                                      "none: at the end of the warm-ups (protocol.warmup for TP, plus lr_warmup)",
+                                      minimum=0, nullable=True)
+    lr_decay_final: float = _opt(float, 0.01, "lr_decay: the factor of the rates at the last batch, in (0, 1]",
+                                 above=0.0)
 
 
 @dataclass(frozen=True)
@@ -432,6 +441,12 @@ class Config:
         if p.rollback_lr_decay > 1.0:
             raise ConfigError(f"protocol.rollback_lr_decay must be in (0, 1] (a decay of the learning rates), "
                               f"got {p.rollback_lr_decay:g}")
+        if p.lr_decay_final > 1.0:
+            raise ConfigError(f"protocol.lr_decay_final must be in (0, 1] (the rates' factor at the last batch), "
+                              f"got {p.lr_decay_final:g}")
+        if p.lr_decay != "none" and p.lr_decay_start is not None and p.lr_decay_start >= p.n_batches:
+            raise ConfigError(f"protocol.lr_decay_start ({p.lr_decay_start}) must be smaller than "
+                              f"protocol.n_batches ({p.n_batches}): the rates would never decay")
         if self.method.inverse == "joint" and self.method.name == "tp":
             if not (get_rule(self.method.credit).needs_inverse and get_rule(self.method.credit).takes_context):
                 raise ConfigError(f"method.inverse = \"joint\" proposes through the many-to-one inverse; "

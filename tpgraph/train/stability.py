@@ -1,10 +1,10 @@
-"""Stability remedies for training: rollback, spectral-radius control, learning-rate warm-up.
+"""Stability remedies for training: rollback, spectral-radius control, learning-rate warm-up and decay.
 
 Target propagation can learn fast and then *collapse*: within a few hundred
 batches the local losses jump by orders of magnitude and the validation loss
 falls back to the memoryless baseline (docs/results/table1.md, delay 25).
-Three ``protocol.*`` options act against it; each is off by default, and a run
-with all three off is the same, bit for bit, as one from before they existed.
+Four ``protocol.*`` options act against it; each is off by default, and a run
+with all four off is the same, bit for bit, as one from before they existed.
 
 Rollback (``protocol.rollback = F``, a factor > 1)
     The trainer keeps in memory a *snapshot* of every parameter group and
@@ -65,6 +65,19 @@ Learning-rate warm-up (``protocol.lr_warmup = N`` batches)
     attributes (:class:`tpgraph.optim.Optimizer`) before each batch of the
     ramp, and a rollback's factor multiplies them.
 
+Learning-rate decay (``protocol.lr_decay = "cosine"`` or ``"linear"``)
+    From batch ``S = protocol.lr_decay_start`` (none: the end of the warm-ups,
+    ``protocol.warmup + lr_warmup`` for TP, ``lr_warmup`` otherwise) to the
+    last batch ``n - 1``, the forward and output rates are multiplied by
+    ``d(u)``, ``u = (k - S) / (n - 1 - S)`` for the batch ``k`` (0-based):
+    ``f + (1 - f)(1 + cos(pi u)) / 2`` (cosine) or ``1 - (1 - f) u``
+    (linear), ``f = protocol.lr_decay_final``; so ``d = 1`` at ``S`` and
+    ``d = f`` (in (0, 1]) at the last batch. The inverse's rate is not decayed: as the
+    forward weights slow down, the inverse keeps learning at its full rate
+    and catches up with them (a TP run that peaks and then declines does so
+    while its reconstruction loss grows, docs/results/research.md). The
+    factor multiplies the warm-up ramp's and a rollback's.
+
 Checkpoints carry everything of this module that decides the rest of a run
 (counters, the current learning rates, the health history, the snapshot's
 arrays), so that a run stopped and resumed mid-ramp or after a rollback ends
@@ -81,7 +94,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Stability", "StabilityState", "ROW_COLUMNS", "radius_bound", "spectral_radius", "enabled"]
+__all__ = ["Stability", "StabilityState", "ROW_COLUMNS", "radius_bound", "spectral_radius", "enabled", "decay_factor"]
 
 #: Columns the metrics rows get when a stability option is on.
 ROW_COLUMNS: tuple[str, ...] = ("rollbacks", "lr_factor", "spectral_rescales")
@@ -95,7 +108,28 @@ CONTROLLED = ("W_h", "V_h")
 
 def enabled(protocol) -> bool:
     """Whether any stability option of a ``ProtocolConfig`` is on."""
-    return protocol.rollback is not None or protocol.spectral_limit is not None or protocol.lr_warmup > 0
+    return (protocol.rollback is not None or protocol.spectral_limit is not None or protocol.lr_warmup > 0
+            or protocol.lr_decay != "none")
+
+
+def decay_factor(kind: str, batch: int, start: int, n_batches: int, final: float) -> float:
+    """The learning-rate decay's factor for the 0-based ``batch`` (module docstring).
+
+    Examples
+    --------
+    >>> [round(decay_factor("cosine", k, 10, 21, 0.0), 3) for k in (0, 10, 15, 20)]
+    [1.0, 1.0, 0.5, 0.0]
+    >>> decay_factor("linear", 15, 10, 21, 0.5)
+    0.75
+    """
+    if kind == "none" or batch <= start:
+        return 1.0
+    u = min((batch - start) / max(n_batches - 1 - start, 1), 1.0)
+    if kind == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * u))
+    if kind == "linear":
+        return 1.0 - (1.0 - final) * u
+    raise ValueError(f"unknown learning-rate decay {kind!r} (cosine, linear or none)")
 
 
 def radius_bound(w: np.ndarray, squarings: int = BOUND_SQUARINGS) -> float:
@@ -174,6 +208,10 @@ class Stability:
         self.spectral_every = p.spectral_every
         self.lr_warmup = p.lr_warmup
         self.warmup = warmup
+        self.lr_decay = p.lr_decay
+        self.lr_decay_final = p.lr_decay_final
+        self.decay_start = (p.lr_decay_start if p.lr_decay_start is not None else warmup + p.lr_warmup)
+        self.n_batches = p.n_batches
         self.params = model.params
         self.optimizers = engine.optimizers
         self.base_lr = {g: opt.lr for g, opt in self.optimizers.items()}
@@ -189,12 +227,20 @@ class Stability:
             self.set_lrs(0)
 
     # ------------------------------------------------------------------ learning rates
+    @property
+    def scheduled(self) -> bool:
+        """Whether the rates change during the run (a warm-up ramp or a decay): set before every batch."""
+        return bool(self.lr_warmup) or self.lr_decay != "none"
+
     def ramp(self, done: int) -> float:
-        """The warm-up factor of the forward and output rates for the batch after ``done`` batches."""
+        """The factor of the forward and output rates for the batch after ``done`` batches (warm-up x decay)."""
         k = done - self.warmup  # forward batches done before this one
-        if not self.lr_warmup or k >= self.lr_warmup:
-            return 1.0
-        return (max(k, 0) + 1) / self.lr_warmup
+        r = 1.0
+        if self.lr_warmup and k < self.lr_warmup:
+            r = (max(k, 0) + 1) / self.lr_warmup
+        if self.lr_decay != "none":
+            r *= decay_factor(self.lr_decay, done, self.decay_start, self.n_batches, self.lr_decay_final)
+        return r
 
     def set_lrs(self, done: int) -> None:
         """Set every optimiser's rate for the batch after ``done`` batches (base x rollback factor x ramp)."""
@@ -204,9 +250,9 @@ class Stability:
             opt.lr = self.base_lr[g] * f * (r if g in self.ramped else 1.0)
 
     def before_batch(self, done: int) -> None:
-        """Called before each batch when ``lr_warmup`` is on (cheap outside the ramp)."""
+        """Called before each batch when ``lr_warmup`` or ``lr_decay`` is on (cheap outside the schedule)."""
         k = done - self.warmup
-        if 0 <= k < self.lr_warmup:
+        if 0 <= k < self.lr_warmup or (self.lr_decay != "none" and done > self.decay_start):
             self.set_lrs(done)
 
     # ------------------------------------------------------------------ spectral control
@@ -338,6 +384,8 @@ class Stability:
                                                              if n else None)}
         if self.lr_warmup:
             out["lr_warmup"] = self.lr_warmup
+        if self.lr_decay != "none":
+            out["lr_decay"] = {"kind": self.lr_decay, "start": self.decay_start, "final": self.lr_decay_final}
         return {"rollbacks": st.rollbacks, "stability": out}
 
     # ------------------------------------------------------------------ checkpoints
@@ -360,7 +408,7 @@ class Stability:
         """Validate this state in a checkpoint; returns ``apply(rows)``, which restores it (nothing changes before)."""
         doc = scalars.get("stability")
         if not isinstance(doc, dict):
-            raise fail("the stability state (protocol.rollback, spectral_limit, lr_warmup) is missing")
+            raise fail("the stability state (protocol.rollback, spectral_limit, lr_warmup, lr_decay) is missing")
         if doc.get("columns") != list(self.columns):
             raise fail(f"stability columns {doc.get('columns')} differ from this version's {list(self.columns)}")
         known = {f.name for f in fields(StabilityState)}

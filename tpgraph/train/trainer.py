@@ -425,7 +425,7 @@ class Trainer:
         extra = self.inverse_steps - 1
         stab = self.stability
         rollback = stab is not None and stab.rollback is not None
-        pre = stab.before_batch if stab is not None and stab.lr_warmup else None  # protocol.lr_warmup
+        pre = stab.before_batch if stab is not None and stab.scheduled else None  # protocol.lr_warmup, lr_decay
         post = stab.after_batch if stab is not None and stab.spectral_limit is not None else None
         while s.batch < n and self._stop_reason is None:
             x, y = draw(rng, B)
