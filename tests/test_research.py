@@ -162,3 +162,25 @@ def test_inspection_keeps_cells_inspected_before(tmp_path):
     fresh = write_inspection(tmp_path / "s", out, [("clip", "copy_memory", 50)], budget="smoke", keep=False,
                              say=lambda s: None)
     assert [i["variant"] for i in fresh["cells"]] == ["clip@smoke"]
+
+
+def test_a_cell_plot_gives_each_variant_one_colour_in_both_panels(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from tpgraph.studies.research import plot_cell
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: (saved.append(fig),
+                                                                                      open(path, "wb").close()))
+    curve = {"batch": [0, 250, 500], "val_loss": [1.0, 0.5, 0.2]}
+    angle = {"batch": [250, 500], "angle_W_h": [70.0, 65.0]}
+    rows = [{"task": "copy_memory", "T": 50, "method": m, "variant": v, "baseline_loss": 0.3, "curve": curve,
+             **({"angle_curve": angle} if a else {})}
+            for v, m, a in [("bptt", "bptt", True), ("baseline", "tp", False), ("noise_0.1", "tp", True)]]
+    assert plot_cell(rows, "copy_memory", 50, tmp_path / "cell.png") is not None
+    left, right = saved[0].axes
+    colours = {ln.get_label(): ln.get_color() for ln in left.lines if not ln.get_label().startswith("memoryless")}
+    assert len(set(map(str, colours.values()))) == 3
+    angles = {ln.get_label(): ln.get_color() for ln in right.lines if not ln.get_label().startswith("_")}
+    assert list(angles) == ["noise_0.1"]   # BPTT's angle is 0 by definition and is not drawn
+    assert angles["noise_0.1"] == colours["noise_0.1"]

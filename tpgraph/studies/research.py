@@ -117,6 +117,11 @@ VARIANTS: dict[str, Variant] = _variants(
             "denoising noise 0.1 and target-step clipping (method.clip searched): the seeds of noise_0.1 that fail "
             "sequence expansion ask for displacements a thousand times larger than those that learn it",
             space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
+    Variant("noise_clip_decay", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
+                                       "protocol.lr_decay": "cosine"},
+            "noise_clip with a cosine decay of the forward and output rates to 1% at the last batch (the "
+            "inverse's kept): noise_clip peaks on sequence expansion and declines while its inverse falls behind",
+            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
 )
 
 
@@ -655,6 +660,23 @@ def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[
 
 
 # ---------------------------------------------------------------------- plots
+def _variant_colours(names: list[str]) -> dict[str, tuple]:
+    """A colour per variant label, in order (tab20, then tab20b), so that both panels of a cell agree.
+
+    >>> c = _variant_colours(["baseline", "bptt", "baseline"])
+    >>> c["baseline"] != c["bptt"] and len(c) == 2
+    True
+    """
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab20"].colors) + list(colormaps["tab20b"].colors)
+    out: dict[str, tuple] = {}
+    for name in names:
+        if name not in out:
+            out[name] = palette[len(out) % len(palette)]
+    return out
+
+
 def plot_cell(rows: list[dict], task: str, T: int, path: str | Path) -> Path | None:
     """Validation loss of each variant's first final seed at one cell (and, when inspected, its W_h angle).
 
@@ -682,11 +704,12 @@ def plot_cell(rows: list[dict], task: str, T: int, path: str | Path) -> Path | N
             angles.append((r["variant"], np.asarray(a["batch"]), np.asarray(a["angle_W_h"], dtype=float)))
     if not curves:
         return None
+    colour = _variant_colours([name for name, _, _ in curves])  # one colour per variant in both panels
     fig, axes = plt.subplots(1, 2 if angles else 1, figsize=(12.8 if angles else 6.4, 4.2), squeeze=False)
     ax = axes[0][0]
     for name, x, y in curves:
         ok = np.isfinite(y) & (y > 0)
-        ax.plot(x[ok], y[ok], label=name, lw=1.2)
+        ax.plot(x[ok], y[ok], label=name, lw=1.2, color=colour[name])
     if baseline:
         ax.axhline(baseline, color="k", ls="--", lw=0.8, label="memoryless baseline")
     ax.set_yscale("log")
@@ -698,7 +721,7 @@ def plot_cell(rows: list[dict], task: str, T: int, path: str | Path) -> Path | N
     if angles:
         ax = axes[0][1]
         for name, x, y in angles:
-            ax.plot(x, y, label=name, lw=1.2)
+            ax.plot(x, y, label=name, lw=1.2, color=colour[name])
         ax.axhline(90, color="k", ls=":", lw=0.8)
         ax.set_xlabel("batch")
         ax.set_ylabel("angle of the W_h update to BPTT's gradient (degrees)")
