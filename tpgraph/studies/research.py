@@ -107,6 +107,9 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("spectral_1.5", "tp", {"protocol.spectral_limit": 1.5},
             "spectral radius of W_h and V_h kept at most 1.5"),
     Variant("lr_warmup", "tp", {"protocol.lr_warmup": 1000}, "forward learning rates ramped up over 1000 batches"),
+    Variant("lr_decay", "tp", {"protocol.lr_decay": "cosine"},
+            "the paper's TP with a cosine decay of the forward and output rates to 1% at the last batch (the "
+            "inverse's kept)"),
     Variant("merge_mean", "tp", {"method.merge": "mean"}, "the mean of the displacements instead of their sum"),
     Variant("merge_weighted", "tp", {"method.merge": "weighted_step"},
             "the step target of h_t weighted 1/(t+1) (the authors' earlier code)"),
