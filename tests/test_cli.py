@@ -284,3 +284,14 @@ def test_research_refuses_unknown_variants_and_lists_them(capsys):
     assert main(["research", "run", "nope"]) == 2
     assert "unknown variant" in capsys.readouterr().err
     assert main(["research", "run"]) == 2
+
+
+def test_research_accepts_every_research_budget_and_no_other():
+    from tpgraph.cli import build_parser
+    from tpgraph.studies.research import RESEARCH_BUDGETS
+
+    parser = build_parser()
+    for name in RESEARCH_BUDGETS:
+        assert parser.parse_args(["research", "table", "--budget", name]).budget == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["research", "table", "--budget", "full"])

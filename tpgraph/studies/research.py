@@ -152,6 +152,12 @@ RESEARCH_BUDGETS: dict[str, Budget] = {
                    final_seeds=3, warmup=1000, val_every=250,
                    start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
                           ("method.alpha", 0.1), ("method.clip", 0.1))),
+    # 'long' with final runs of 40000 batches: noise_clip_decay still gains between 25000 and 40000 batches on
+    # sequence expansion at T = 30 (62% at 25000 under 'long', 85-87% after 40000 in single runs).
+    "xlong": Budget("xlong", trials=4, batches=12000, val_batches=50, final_batches=40000, final_val_batches=100,
+                    final_seeds=3, warmup=1000, val_every=250,
+                    start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
+                           ("method.alpha", 0.1), ("method.clip", 0.1))),
     "smoke": Budget("smoke", trials=2, batches=40, val_batches=2, final_batches=40, final_val_batches=2,
                     final_seeds=2, warmup=10, val_every=20),
 }
