@@ -287,11 +287,11 @@ def test_research_refuses_unknown_variants_and_lists_them(capsys):
 
 
 def test_research_accepts_every_research_budget_and_no_other():
-    from tpgraph.cli import build_parser
+    from tpgraph.cli import _UsageError, build_parser
     from tpgraph.studies.research import RESEARCH_BUDGETS
 
     parser = build_parser()
     for name in RESEARCH_BUDGETS:
         assert parser.parse_args(["research", "table", "--budget", name]).budget == name
-    with pytest.raises(SystemExit):
+    with pytest.raises(_UsageError, match="invalid choice: 'full'"):
         parser.parse_args(["research", "table", "--budget", "full"])
