@@ -154,6 +154,12 @@ def test_inspection_keeps_cells_inspected_before(tmp_path):
     out = tmp_path / "out"
     first = write_inspection(tmp_path / "s", out, [("baseline", "copy_memory", 50)], budget="smoke", say=lambda s: None)
     assert [i["variant"] for i in first["cells"]] == ["baseline@smoke"]
+    # the error by position is the final weights' on the validation set: its mean is the final step accuracy's
+    cell = first["cells"][0]
+    final = read_summary(tmp_path / "s" / "baseline" / "copy_memory-50" / "inspect" / "T-50" / "summary.json")["final"]
+    assert len(cell["position_error"]) == 50 + 20
+    assert 100.0 - sum(cell["position_error"]) / 70 == pytest.approx(100.0 * final["step_acc"], abs=1e-3)
+    assert len(cell["error_thirds"]) == 3 and min(cell["position_error"]) <= cell["error_thirds"][1]
     res = write_inspection(tmp_path / "s", out, [("clip", "copy_memory", 50)], budget="smoke", say=lambda s: None)
     assert [i["variant"] for i in res["cells"]] == ["baseline@smoke", "clip@smoke"]
     assert res["cells"][0]["best_val_loss"] == first["cells"][0]["best_val_loss"]

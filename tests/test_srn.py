@@ -39,6 +39,32 @@ def test_regression_srn_predicts_and_evaluates_like_numpy():
     assert model.train_step(x[0], y[0]) == pytest.approx(float(np.mean(err[0] ** 2)), rel=1e-12)
 
 
+def test_per_position_accuracy_matches_numpy_for_classes_and_regression():
+    model = tp.SRN(4, 7, 4, dtype="float64", seed=3)   # many-to-many classification, token inputs
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, (3, 6, 10))                 # three batches of 10 sequences of length 6
+    y = rng.integers(0, 4, (3, 6, 10))
+    p = model.params
+    right = []
+    for xb, yb in zip(x, y):
+        h = np.zeros((10, 7))
+        hits = []
+        for t in range(6):
+            h = np.tanh(np.eye(4)[xb[t]] @ p["W_xh"].T + h @ p["W_h"].T + p["b_h"])
+            hits.append(np.argmax(h @ p["W_hy"].T + p["b_y"], axis=1) == yb[t])
+        right.append(np.array(hits))                   # [6, 10]
+    right = np.array(right)                            # [3, 6, 10]
+    ev = model.evaluate(x, y, per_position=True)
+    np.testing.assert_allclose(ev["position_acc"], right.mean(axis=(0, 2)), rtol=1e-12)
+    assert ev["step_acc"] == pytest.approx(right.mean()) and ev["seq_acc"] == pytest.approx(right.all(1).mean())
+    assert "position_acc" not in model.evaluate(x, y)
+    reg = tp.SRN(2, 6, 1, dtype="float64", many_to_many=False, inputs="real", output="linear", seed=1,
+                 tolerance=0.3)
+    xr, yr = rng.uniform(size=(2, 9, 8, 2)), rng.uniform(size=(2, 1, 8, 1))
+    err = np.stack([_numpy_forward(reg.params, xb) for xb in xr]) - yr[:, 0]
+    assert reg.evaluate(xr, yr, per_position=True)["position_acc"] == [pytest.approx(np.mean(np.abs(err) < 0.3))]
+
+
 def test_regression_labels_of_one_or_every_step():
     model = tp.SRN(2, 4, 1, many_to_many=False, inputs="real", output="linear")
     x = np.zeros((5, 3, 2))

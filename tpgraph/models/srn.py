@@ -549,7 +549,7 @@ class SRN:
         names = _names("l", L) if self.many_to_many else (f"l_{L}",)
         return {names: np.zeros(shape, dtype=dtype)}
 
-    def evaluate(self, inputs, labels) -> dict:
+    def evaluate(self, inputs, labels, *, per_position: bool = False) -> dict:
         """Loss and accuracies on batches ``[n_batches, L, B]`` (or one batch ``[L, B]``).
 
         Real inputs carry one more axis (``[..., n_in]``), regression targets
@@ -558,7 +558,9 @@ class SRN:
         (fraction of output steps right: the class, or every component within
         ``tolerance``) and ``seq_acc`` (fraction of sequences right at every
         output step). A many-to-one model has one output step, so the two
-        accuracies are equal.
+        accuracies are equal. With ``per_position``, also ``position_acc``:
+        for each output step, the fraction of sequences right there (where
+        along the sequence a model fails).
         """
         inputs = np.asarray(inputs)
         labels = np.asarray(labels)
@@ -570,6 +572,7 @@ class SRN:
         names = _names("y", L) if self.many_to_many else (f"y_{L}",)
         m = len(names)
         total = step_acc = seq_acc = 0.0
+        position = np.zeros(m, dtype=np.float64)
         pred = np.zeros(m * B, dtype=np.int64)
         for i in range(n):
             _, batch = self._batch(inputs[i], labels[i])
@@ -581,12 +584,19 @@ class SRN:
                 right = np.ones_like(hits)
                 step_acc += step_accuracy(hits, right)
                 seq_acc += sequence_accuracy(hits, right)
+                if per_position:
+                    position += hits.reshape(m, B).mean(axis=1)
             else:
                 argmax_rows(z.reshape(-1, z.shape[-1]), pred)
                 lab = lab.reshape(m, B)
                 step_acc += step_accuracy(pred.reshape(m, B), lab)
                 seq_acc += sequence_accuracy(pred.reshape(m, B), lab)
-        return {"loss": total * self._loss_factor(L) / n, "step_acc": step_acc / n, "seq_acc": seq_acc / n}
+                if per_position:
+                    position += (pred.reshape(m, B) == lab).mean(axis=1)
+        out = {"loss": total * self._loss_factor(L) / n, "step_acc": step_acc / n, "seq_acc": seq_acc / n}
+        if per_position:
+            out["position_acc"] = (position / n).tolist()
+        return out
 
     def reconstruction_loss(self) -> float:
         """The inverse's reconstruction loss per sample at the last TP step (NaN before any)."""

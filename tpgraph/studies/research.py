@@ -587,6 +587,7 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
             "recon_final": float(recon[-1]) if recon.size else math.nan,
             "local_median": float(np.median(local)) if local.size else math.nan,
             "rho_W_h_final": (summary.get("final") or {}).get("spectral_radius_W_h")}
+    info.update(_position_errors(cfg, run))
     apath = run / "alignment.csv"
     if apath.exists():
         a = read_metrics_csv(apath)
@@ -597,6 +598,25 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
                 info[f"{col}_early"] = float(np.mean(_finite(a[col][late & ~half]))) if (late & ~half).any() else math.nan
                 info[f"{col}_late"] = float(np.mean(_finite(a[col][half]))) if half.any() else math.nan
     return info
+
+
+def _position_errors(cfg, run: Path) -> dict:
+    """Where along the sequence the run's final weights fail: the error (%) at each output step on its validation set.
+
+    ``position_error`` lists them; ``error_thirds`` averages the first, middle
+    and last third of the output steps. Empty when the run left no weights.
+    """
+    from ..train.trainer import Trainer
+
+    path = run / "weights.npz"
+    if not path.exists():
+        return {}
+    trainer = Trainer(cfg)  # no run folder: the model and the validation set only
+    with np.load(path, allow_pickle=False) as z:
+        trainer.model.params.load({k: z[k] for k in z.files}, source=str(path))
+    err = 100.0 * (1.0 - np.asarray(trainer.evaluate(per_position=True)["position_acc"]))
+    return {"position_error": [round(float(e), 4) for e in err],
+            "error_thirds": [float(np.mean(part)) for part in np.array_split(err, 3) if part.size]}
 
 
 INSPECT_START, INSPECT_END = "<!-- research-inspect:start -->", "<!-- research-inspect:end -->"
@@ -612,14 +632,16 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "better than chance; BPTT's own rows are 0 by definition). Reconstruction loss: the inverse's, summed over "
              "the steps, per sequence, at the validation points after the warm-up: the median, the largest rise "
              "between two points and the last value. Local loss: the mean over the hidden steps of "
-             "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median."
+             "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median. Error by "
+             "position: the percentage of validation sequences wrong at an output step, averaged over the first, "
+             "middle and last third of the steps, for the final weights (- : inspected before it was measured)."
              + (" Cells inspected on other days: " + "; ".join(
                  f"{i['variant']} ({i['task'].replace('_', ' ')} {i['T']}, {i['date']})" for i in older) + "."
                  if older else ""), "",
              "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
              "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
-             "rho(W_h) last |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "rho(W_h) last | error % by position (thirds) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in infos:
         def ang(c):
             e, l_ = i.get(f"{c}_early", math.nan), i.get(f"{c}_late", math.nan)
@@ -628,9 +650,14 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
                      f"({i['best_batch']}) | {fmt_value(i['final_val_loss'])} | {ang('angle_W_h')} | "
                      f"{ang('angle_h_mean')} | {fmt_value(i['recon_median'])} | {fmt_value(i['recon_jump'])}x | "
                      f"{fmt_value(i['recon_final'])} | {fmt_value(i['local_median'])} | "
-                     f"{fmt_value(i['rho_W_h_final'])} |")
+                     f"{fmt_value(i['rho_W_h_final'])} | {_thirds(i)} |")
     lines += ["", INSPECT_END]
     return "\n".join(lines)
+
+
+def _thirds(info: dict) -> str:
+    thirds = info.get("error_thirds")
+    return " / ".join(f"{x:.2f}" for x in thirds) if thirds else "-"
 
 
 def write_inspection(folder: str | Path, out_dir: str | Path, cells: list[tuple[str, str, int]], *,

@@ -499,6 +499,15 @@ class Trainer:
         B = self.config.protocol.batch_size
         return _mean(v / B for k, v in local.items() if k.startswith("h_"))
 
+    def evaluate(self, *, per_position: bool = False) -> dict:
+        """The model as it is now on the fixed validation set: ``loss`` (as reported), ``step_acc``, ``seq_acc``.
+
+        With ``per_position``, also ``position_acc``, the accuracy at each
+        output step (:meth:`tpgraph.SRN.evaluate`). Changes no state.
+        """
+        ev = self.model.evaluate(self._val_x, self._val_y, per_position=per_position)
+        return {**ev, "loss": float(ev["loss"]) * self._val_loss_scale}
+
     def _validation_point(self) -> dict:
         t0 = time.perf_counter()
         s = self.state
