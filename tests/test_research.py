@@ -160,6 +160,16 @@ def test_inspection_keeps_cells_inspected_before(tmp_path):
     assert len(cell["position_error"]) == 50 + 20
     assert 100.0 - sum(cell["position_error"]) / 70 == pytest.approx(100.0 * final["step_acc"], abs=1e-3)
     assert len(cell["error_thirds"]) == 3 and min(cell["position_error"]) <= cell["error_thirds"][1]
+    # an inspection interrupted part-way (a summary that stops short of the final run) is redone, not reused
+    import json
+
+    spath = tmp_path / "s" / "baseline" / "copy_memory-50" / "inspect" / "T-50" / "summary.json"
+    doc = json.loads(spath.read_text())
+    spath.write_text(json.dumps({**doc, "status": "aborted", "reason": "interrupted (SIGTERM) at batch 20",
+                                 "batches_done": 20}))
+    again = write_inspection(tmp_path / "s", out, [("baseline", "copy_memory", 50)], budget="smoke", say=lambda s: None)
+    assert read_summary(spath)["batches_done"] == budget.final_batches and read_summary(spath)["status"] != "aborted"
+    assert again["cells"][0]["best_val_loss"] == cell["best_val_loss"]
     res = write_inspection(tmp_path / "s", out, [("clip", "copy_memory", 50)], budget="smoke", say=lambda s: None)
     assert [i["variant"] for i in res["cells"]] == ["baseline@smoke", "clip@smoke"]
     assert res["cells"][0]["best_val_loss"] == first["cells"][0]["best_val_loss"]

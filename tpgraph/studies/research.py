@@ -571,7 +571,10 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
     out = root / "inspect"
     name = f"T-{T}"
     run = out / name
-    if not ((run / "summary.json").exists() and read_summary(run / "summary.json").get("status") != "running"):
+    # the re-run retraces the final run, so it is complete when it got as far (an interrupted one is redone)
+    done = read_summary(src / "summary.json").get("batches_done")
+    if not ((run / "summary.json").exists() and read_summary(run / "summary.json").get("status") != "running"
+            and read_summary(run / "summary.json").get("batches_done") == done):
         if run.exists():
             import shutil
 
