@@ -321,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="research", choices=("research", "long", "xlong", "copy_long", "smoke"),
                    help="how much work per cell (default research: 8 TPE trials of 3000 batches, then 3 seeds of "
                         "6000; long: 4 trials of 12000 from a fixed first setting, then 3 seeds of 25000; xlong: "
-                        "the same search, then 3 seeds of 40000; copy_long: 3 trials of 6000 from the setting the research "
-                        "search found for the paper's TP at delay 200, then 3 seeds of 15000; rows of other budgets "
-                        "than research are labelled VARIANT@BUDGET)")
+                        "the same search, then 3 seeds of 40000; copy_long: 3 trials of 6000 from the setting the "
+                        "research search found for the paper's TP at delay 200, then 3 seeds of 15000; rows of other "
+                        "budgets than research are labelled VARIANT@BUDGET)")
     p.add_argument("--folder", metavar="DIR", default=None, help="where the studies go "
                    "(default studies/research, studies/research-BUDGET for other budgets; rerunning resumes)")
     p.add_argument("--out", metavar="DIR", default="docs/results", help="table: where research.md/csv go")
