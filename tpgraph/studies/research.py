@@ -110,6 +110,9 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("lr_decay", "tp", {"protocol.lr_decay": "cosine"},
             "the paper's TP with a cosine decay of the forward and output rates to 1% at the last batch (the "
             "inverse's kept)"),
+    Variant("lr_decay_rollback", "tp", {"protocol.lr_decay": "cosine", "protocol.rollback": 10.0},
+            "lr_decay with rollback (factor 10, lr halved): at delay 200 a decayed run still collapses late, its "
+            "local loss jumping 25x within 2000 batches"),
     Variant("merge_mean", "tp", {"method.merge": "mean"}, "the mean of the displacements instead of their sum"),
     Variant("merge_weighted", "tp", {"method.merge": "weighted_step"},
             "the step target of h_t weighted 1/(t+1) (the authors' earlier code)"),
