@@ -575,9 +575,9 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
     name = f"T-{T}"
     run = out / name
     # the re-run retraces the final run, so it is complete when it got as far (an interrupted one is redone)
-    done = read_summary(src / "summary.json").get("batches_done")
-    if not ((run / "summary.json").exists() and read_summary(run / "summary.json").get("status") != "running"
-            and read_summary(run / "summary.json").get("batches_done") == done):
+    prior = read_summary(run / "summary.json") if (run / "summary.json").exists() else {}
+    if not (prior.get("status", "running") != "running"
+            and prior.get("batches_done") == read_summary(src / "summary.json").get("batches_done")):
         if run.exists():
             import shutil
 
@@ -619,14 +619,14 @@ def _position_errors(cfg, run: Path) -> dict:
     ``position_error`` lists them; ``error_thirds`` averages the first, middle
     and last third of the output steps. Empty when the run left no weights.
     """
+    from ..train.records import load_npz
     from ..train.trainer import Trainer
 
     path = run / "weights.npz"
     if not path.exists():
         return {}
     trainer = Trainer(cfg)  # no run folder: the model and the validation set only
-    with np.load(path, allow_pickle=False) as z:
-        trainer.model.params.load({k: z[k] for k in z.files}, source=str(path))
+    trainer.model.params.load(load_npz(path), source=str(path))
     err = 100.0 * (1.0 - np.asarray(trainer.evaluate(per_position=True)["position_acc"]))
     return {"position_error": [round(float(e), 4) for e in err],
             "error_thirds": [float(np.mean(part)) for part in np.array_split(err, 3) if part.size]}
