@@ -515,12 +515,12 @@ class Trainer:
         # read the last training batch's inverse and local losses before evaluate() reuses the buffers
         recon = self.model.reconstruction_loss() if tp and s.batch > 0 else math.nan
         local = self._local_loss()
-        ev = self.model.evaluate(self._val_x, self._val_y)
+        ev = self.evaluate()
         train_loss = s.loss_sum / s.loss_count if s.loss_count else math.nan
         row = {
             "batch": s.batch,
             "train_loss": train_loss,
-            "val_loss": float(ev["loss"]) * self._val_loss_scale,
+            "val_loss": ev["loss"],
             "step_acc": float(ev["step_acc"]),
             "seq_acc": float(ev["seq_acc"]),
             "spectral_radius_W_h": self.model.spectral_radius("W_h"),
