@@ -38,7 +38,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Callable
@@ -144,23 +144,22 @@ TASKS: dict[str, TaskCells] = {
     "copy_memory": TaskCells("copy_memory", "task.delay", (50, 100, 200)),
 }
 
+# Sequence expansion learns slowly under TP: the issue-3 setting that solves length 20 (alpha 0.1, lr_f 3e-4,
+# lr_g 1e-3, lr_y 3e-3) is at 6% of sequences after 3500 batches and at 93% after 11500, so a 3000-batch search
+# cannot tell it from a failure. 'long' searches with trials four times as long, starting from that setting.
+_LONG = Budget("long", trials=4, batches=12000, val_batches=50, final_batches=25000, final_val_batches=100,
+               final_seeds=3, warmup=1000, val_every=250,
+               start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
+                      ("method.alpha", 0.1), ("method.clip", 0.1)))
+
 #: Budgets of the comparison; the same for every variant and its baselines.
 RESEARCH_BUDGETS: dict[str, Budget] = {
     "research": Budget("research", trials=8, batches=3000, val_batches=50, final_batches=6000,
                        final_val_batches=100, final_seeds=3, warmup=400, val_every=250),
-    # Sequence expansion learns slowly under TP: the issue-3 setting that solves length 20 (alpha 0.1, lr_f 3e-4,
-    # lr_g 1e-3, lr_y 3e-3) is at 6% of sequences after 3500 batches and at 93% after 11500, so a 3000-batch search
-    # cannot tell it from a failure. 'long' searches with trials four times as long, starting from that setting.
-    "long": Budget("long", trials=4, batches=12000, val_batches=50, final_batches=25000, final_val_batches=100,
-                   final_seeds=3, warmup=1000, val_every=250,
-                   start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
-                          ("method.alpha", 0.1), ("method.clip", 0.1))),
+    "long": _LONG,
     # 'long' with final runs of 40000 batches: noise_clip_decay still gains between 25000 and 40000 batches on
     # sequence expansion at T = 30 (62% at 25000 under 'long', 85-87% after 40000 in single runs).
-    "xlong": Budget("xlong", trials=4, batches=12000, val_batches=50, final_batches=40000, final_val_batches=100,
-                    final_seeds=3, warmup=1000, val_every=250,
-                    start=(("optimizer.lr_f", 3e-4), ("optimizer.lr_g", 1e-3), ("optimizer.lr_y", 3e-3),
-                           ("method.alpha", 0.1), ("method.clip", 0.1))),
+    "xlong": replace(_LONG, name="xlong", final_batches=40000),
     # Copy memory at delay 200 under a decayed rate: the setting the 'research' search found for the paper's TP there
     # (76% best with 6000 batches) reaches 94% after 11000 of 15000 batches with the cosine decay, but a 3000-batch
     # trial cannot show it. 'copy_long' starts every search at that setting and re-runs the best for 15000 batches.
