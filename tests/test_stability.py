@@ -206,16 +206,19 @@ def test_radius_bound_is_an_upper_bound_and_tight_near_orthogonal():
     assert radius_bound(np.zeros((3, 3))) == 0.0 and math.isnan(radius_bound(np.full((2, 2), np.nan)))
 
 
-# ---------------------------------------------------------------------- lr warm-up
+# ---------------------------------------------------------------------- lr warm-up and decay
+class _Rates(Callback):
+    """The learning rate of every group that each batch trained with (read after the batch)."""
+
+    def __init__(self):
+        self.lrs = {}
+
+    def on_batch(self, trainer, batch, loss):
+        self.lrs[batch] = {g: opt.lr for g, opt in trainer.engine.optimizers.items()}
+
+
 def test_lr_warmup_ramps_the_forward_and_output_rates_after_the_inverse_warmup():
-    class Rates(Callback):
-        def __init__(self):
-            self.lrs = {}
-
-        def on_batch(self, trainer, batch, loss):
-            self.lrs[batch] = {g: opt.lr for g, opt in trainer.engine.optimizers.items()}
-
-    rec = Rates()
+    rec = _Rates()
     t = Trainer(_config("protocol.lr_warmup=8", "protocol.n_batches=30"), callbacks=[rec])
     t.run()
     o = t.config.optimizer
@@ -229,20 +232,9 @@ def test_lr_warmup_ramps_the_forward_and_output_rates_after_the_inverse_warmup()
         assert lrs["V_h"] == lrs["c_h"] == o.lr_g
     assert rec.lrs[18]["W_h"] == rec.lrs[30]["W_h"] == o.lr_f
     # BPTT has no inverse warm-up: its ramp starts at the first batch
-    b = Trainer(_config("method.name=bptt", "protocol.lr_warmup=4", "protocol.n_batches=10"), callbacks=[Rates()])
+    b = Trainer(_config("method.name=bptt", "protocol.lr_warmup=4", "protocol.n_batches=10"), callbacks=[_Rates()])
     b.run()
     assert b.callbacks[0].lrs[1]["W_h"] == o.lr_f / 4 and b.callbacks[0].lrs[4]["W_h"] == o.lr_f
-
-
-# ---------------------------------------------------------------------- lr decay
-class _Rates(Callback):
-    """The learning rate of every group that each batch trained with (read after the batch)."""
-
-    def __init__(self):
-        self.lrs = {}
-
-    def on_batch(self, trainer, batch, loss):
-        self.lrs[batch] = {g: opt.lr for g, opt in trainer.engine.optimizers.items()}
 
 
 def _reference_decay(kind, k, start, n, final):
