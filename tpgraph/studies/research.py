@@ -78,6 +78,10 @@ class Variant:
         return out
 
 
+#: The search range of method.clip, for the variants that clip.
+_CLIP_SPACE = {"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}
+
+
 def _variants(*vs: Variant) -> dict[str, Variant]:
     return {v.name: v for v in vs}
 
@@ -118,16 +122,16 @@ VARIANTS: dict[str, Variant] = _variants(
             "the step target of h_t weighted 1/(t+1) (the authors' earlier code)"),
     Variant("clip", "tp", {"method.merge": "clipped"},
             "target-step clipping: each sample's merged displacement clipped to norm method.clip (searched)",
-            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
+            space=_CLIP_SPACE),
     Variant("noise_clip", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped"},
             "denoising noise 0.1 and target-step clipping (method.clip searched): the seeds of noise_0.1 that fail "
             "sequence expansion ask for displacements a thousand times larger than those that learn it",
-            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
+            space=_CLIP_SPACE),
     Variant("noise_clip_decay", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
                                        "protocol.lr_decay": "cosine"},
             "noise_clip with a cosine decay of the forward and output rates to 1% at the last batch (the "
             "inverse's kept): noise_clip peaks on sequence expansion and declines while its inverse falls behind",
-            space={"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}),
+            space=_CLIP_SPACE),
 )
 
 
