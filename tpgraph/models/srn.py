@@ -360,6 +360,8 @@ class SRN:
         self._probes: dict[int, Plan] = {}  # plans of lengths 1-3, for memory estimates
         self._reference_engines: dict[int, Engine] = {}  # BPTT twins for alignment, per length
         self._h0: dict[int, np.ndarray] = {}  # the zero initial state, per batch size
+        #: The engine of the last :meth:`train_step` (its buffers hold that step's losses), or None.
+        self.last_trained: Engine | None = None
         first = self.graph(1)  # validates the options, fixes the parameter groups
         if inverse == JOINT:  # the learned SRN's groups of this seed (V_y, drawn first in sorted order, apart)
             twin = build_srn(1, **dict(self._graph_opts, inverse="learned")).init_params(seed)
@@ -498,6 +500,7 @@ class SRN:
         L, batch = self._batch(inputs, labels)
         eng = self.engine(L)
         res = eng.step(batch, update_forward=update_forward, update_inverse=update_inverse and self.method == "tp")
+        self.last_trained = eng
         return res.loss * self._loss_factor(L)
 
     def alignment(self, inputs, labels):
@@ -600,11 +603,11 @@ class SRN:
 
     def reconstruction_loss(self) -> float:
         """The inverse's reconstruction loss per sample at the last TP step (NaN before any)."""
-        for eng in self._engines.values():
-            if eng.buf is not None:
-                rec = eng.reconstruction_losses()
-                if rec:
-                    return float(sum(rec.values())) / eng.buf.B
+        eng = self.last_trained
+        if eng is not None and eng.buf is not None:
+            rec = eng.reconstruction_losses()
+            if rec:
+                return float(sum(rec.values())) / eng.buf.B
         return float("nan")
 
     def spectral_radius(self, group: str = "W_h") -> float:

@@ -353,6 +353,9 @@ class Task(abc.ABC):
     """
 
     name: str = "task"
+    #: The option that sets how far back credit must reach (``length`` here, ``delay`` for copy memory); a
+    #: curriculum (:mod:`tpgraph.train.curriculum`) trains on smaller values of it first.
+    horizon: str = "length"
     marker: int | None = None
     input_kind: str = "index"
     output_kind: str = "class"
@@ -404,6 +407,21 @@ class Task(abc.ABC):
             JSON-able mapping such that ``make_task(task.name, **task.options())``
             rebuilds an equal task.
         """
+
+    @property
+    def horizon_value(self) -> int:
+        """int: The value of the :attr:`horizon` option."""
+        return self.options()[self.horizon]
+
+    def with_horizon(self, value: int) -> "Task":
+        """This task with its :attr:`horizon` option set to ``value``, every other option kept.
+
+        Raises
+        ------
+        ConfigError
+            If ``value`` is not a valid value of that option.
+        """
+        return type(self)(**{**self.options(), self.horizon: value})
 
     @abc.abstractmethod
     def _draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,7 @@ class CopyMemoryTask(Task):
     """
 
     name = "copy_memory"
+    horizon = "delay"
 
     def __init__(self, delay: int, n_symbols: int = 8, n_memorise: int = 10):
         self._delay = check_int_option("delay", delay, 1, self.name)

@@ -322,6 +322,14 @@ class ProtocolConfig:
                                       minimum=0, nullable=True)
     lr_decay_final: float = _opt(float, 0.01, "lr_decay: the factor of the rates at the last batch, in (0, 1]",
                                  above=0.0)
+    curriculum_start: int = _opt(int, 0, "train on shorter spans first (tpgraph.train.curriculum): the first value "
+                                 "of the task's horizon option (task.length, or task.delay for copy memory), below "
+                                 "the task's own; then + curriculum_step per stage up to the task's; 0: off",
+                                 minimum=0)
+    curriculum_step: int = _opt(int, 10, "curriculum: the horizon's increase from one stage to the next",
+                                minimum=1)
+    curriculum_fraction: float = _opt(float, 0.25, "curriculum: the fraction of protocol.n_batches in each "
+                                      "shorter stage (the task's own gets the rest)", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -420,9 +428,13 @@ class Config:
             raise ConfigError(f"task.{k} is an option of {' and '.join(owners[k]) or 'no task'}, not of {t.name}; "
                               f"{t.name} takes: {', '.join(t.TASK_KEYS.get(t.name, ()))}")
         try:
-            make_task(t.name, **t.task_options())
+            task = make_task(t.name, **t.task_options())
         except ConfigError as exc:
             raise ConfigError(f"[task]: {exc}") from None
+        from .curriculum import curriculum_stages
+
+        p = self.protocol
+        curriculum_stages(task, p.n_batches, p.curriculum_start, p.curriculum_step, p.curriculum_fraction)
         if self.protocol.memory_limit is not None:
             from ..memory import parse_bytes
 

@@ -62,6 +62,7 @@ from ..tasks import Task, make_task
 from . import checkpoint as ckpt
 from .stability import Stability, enabled as _stability_enabled
 from .config import Config, load_config, to_toml
+from .curriculum import curriculum_stages
 from .records import (METRIC_COLUMNS, RunFiles, atomic_write_json, atomic_write_text, read_summary,
                       save_weights, write_metrics_csv)
 
@@ -288,6 +289,9 @@ class Trainer:
         progress = (lambda stage, done, total: [fn(self, stage, done, total) for fn in hooks]) if hooks else None
         self.engine = self.model.engine(self.task.length, p.batch_size, progress=progress)
         self.data_rng = data_stream(config.protocol.seed)
+        #: protocol.curriculum_*: the stages (batch ranges and their tasks); one, the task itself, when off.
+        self.stages = curriculum_stages(self.task, p.n_batches, p.curriculum_start, p.curriculum_step,
+                                        p.curriculum_fraction)
         self.val_inputs, self.val_labels = self.task.validation_set(p.val_seed, p.val_batches, p.batch_size)
         self._val_x, self._val_y = _group_batches(self.val_inputs), _group_batches(self.val_labels)
         self.state = TrainState()
@@ -415,7 +419,7 @@ class Trainer:
         p = self.config.protocol
         s = self.state
         step = self.model.train_step
-        draw = self.task.batch
+        stages = self.stages
         rng = self.data_rng
         B, n, warmup, val_every = p.batch_size, p.n_batches, self.warmup, p.val_every
         every = self.config.output.checkpoint_every if self.files is not None else 0
@@ -428,8 +432,10 @@ class Trainer:
         pre = stab.before_batch if stab is not None and stab.scheduled else None  # protocol.lr_warmup, lr_decay
         post = stab.after_batch if stab is not None and stab.spectral_limit is not None else None
         while s.batch < n and self._stop_reason is None:
-            x, y = draw(rng, B)
-            if align and (s.batch + 1) % align == 0:
+            stage = next(st for st in stages if s.batch < st.last)  # protocol.curriculum_*: the batch's task
+            x, y = stage.task.batch(rng, B)
+            # alignment.csv has a column per step of the task's own length: measured in its last stage only
+            if align and (s.batch + 1) % align == 0 and stage.task is self.task:
                 self._measure_alignment(x, y, s.batch + 1)  # before the step, on its batch and parameters
             if pre is not None:
                 pre(s.batch)
@@ -495,7 +501,10 @@ class Trainer:
         """Mean over the hidden steps of ``1/2 ||h_hat_t - h_t||^2`` per sample at the last batch."""
         if self.config.method.name != "tp" or self.state.batch <= self.warmup:
             return math.nan
-        local = self.engine.local_losses()
+        eng = self.model.last_trained  # a curriculum's earlier stages train engines of other lengths
+        if eng is None:
+            return math.nan
+        local = eng.local_losses()
         B = self.config.protocol.batch_size
         return _mean(v / B for k, v in local.items() if k.startswith("h_"))
 
@@ -839,6 +848,10 @@ class Trainer:
                 "file": "alignment.csv"}
         if self.stability is not None:
             out.update(self.stability.summary(s.batch))
+        if len(self.stages) > 1:  # protocol.curriculum_*: which batches ran at which horizon
+            out["curriculum"] = {"option": self.task.horizon,
+                                 "stages": [{"value": st.value, "batches": [st.first + 1, st.last]}
+                                            for st in self.stages]}
         if self._divergence is not None:
             out["divergence"] = {"batch": self._divergence.step, "quantity": self._divergence.quantity}
         from .. import __version__
