@@ -14,6 +14,10 @@ from tpgraph.studies.spec import parse_spec
 def test_every_variant_builds_valid_specs_for_every_task():
     for v in VARIANTS.values():
         for cells in TASKS.values():
+            if not v.applies_to(cells.task):
+                with pytest.raises(ConfigError, match=f"variant '{v.name}' is for"):
+                    run_variant(v.name, cells.task, "unused", RESEARCH_BUDGETS["smoke"])
+                continue
             for stage in ("search", "final"):
                 spec = parse_spec(_spec(v, cells, RESEARCH_BUDGETS["research"], stage, cells.values))
                 assert spec is not None

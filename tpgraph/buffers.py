@@ -37,7 +37,7 @@ class SlotBuffers:
 
     __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
                  "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready",
-                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2")
+                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2", "ve", "ve2", "ge", "ge2", "dge", "dge2")
 
     def __init__(self):
         for name in self.__slots__:
@@ -120,9 +120,13 @@ class StackBuffers:
                     sb.fn, sb.fn2 = _pair((m, B, n), dtype)
                     sb.gn, sb.gn2 = _pair((m, B, ns), dtype)
                     sb.aj, sb.aj2 = _pair((m, B, n), dtype)
-                    if slot.inverse.loss == "difference":
-                        # the difference loss's gradient at the clean pre-activation (g(f(h_u)))
+                    if slot.inverse.loss in ("difference", "jacobian"):
+                        # the loss's gradient at the clean pre-activation (g(f(h_u)))
                         sb.dgf, sb.dgf2 = _pair((m, B, ns), dtype)
+                    if slot.inverse.loss == "jacobian":  # h_v + eta, g(h_v + eta) and its gradient
+                        sb.ve, sb.ve2 = _pair((m, B, n), dtype)
+                        sb.ge, sb.ge2 = _pair((m, B, ns), dtype)
+                        sb.dge, sb.dge2 = _pair((m, B, ns), dtype)
             ctx = slot.context
             if ctx is not None:  # a joint inverse: its siblings' values, targets (noisy values), og at the targets
                 sb.cy, sb.cy2 = _pair((m, B, ctx.size), dtype)
@@ -204,8 +208,11 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn
                     add(real, 2, m, B, n)  # fn, aj
-                    if slot.inverse.loss == "difference":
+                    if slot.inverse.loss in ("difference", "jacobian"):
                         add(real, m, B, ns)  # dgf
+                    if slot.inverse.loss == "jacobian":
+                        add(real, m, B, n)  # ve
+                        add(real, 2, m, B, ns)  # ge, dge
             ctx = slot.context
             if ctx is not None:
                 add(real, 2, m, B, ctx.size)  # cy, cz

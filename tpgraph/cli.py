@@ -673,8 +673,8 @@ def cmd_research(args) -> int:
     for v in args.variants:
         for task in args.tasks or list(TASKS):
             values = tuple(t for t in TASKS[task].values if not args.only or t in args.only)
-            if not values:
-                continue
+            if not values or (not args.tasks and not VARIANTS[v].applies_to(task)):
+                continue  # a variant for some tasks runs on those unless --task names another (then refused)
             res = run_variant(v, task, args.folder, budget, values=values, scheduler=args.scheduler,
                               workers=args.workers, progress=_study_progress(args),
                               say=lambda line: print(line, file=sys.stderr))

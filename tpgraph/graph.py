@@ -31,6 +31,7 @@ from .nodes import (
     IndexInput,
     Input,
     INVERSE_LOSSES,
+    NOISY_LOSSES,
     Inverse,
     MSE,
     Multiply,
@@ -250,10 +251,13 @@ class Graph:
         if loss not in INVERSE_LOSSES:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: unknown loss {loss!r}; "
                              f"known: {', '.join(INVERSE_LOSSES)}")
-        if loss == "difference" and noise == 0:
-            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'difference' "
-                             f"(1/2 ||g(f(h + eps)) - g(f(h)) - eps||^2) is identically 0 without noise; "
+        if loss in NOISY_LOSSES and noise == 0:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss {loss!r} "
+                             f"(see tpgraph.nodes.Inverse) is identically 0 without noise; "
                              f"give noise > 0 or use loss 'reconstruction'")
+        if loss == "jacobian" and context is not None:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'jacobian' is for an "
+                             f"inverse without a context (a one-to-one g)")
         if context is not None:
             if not impl.supports_context:
                 raise GraphError(f"{where}: kind {kind!r} takes no context (a many-to-one inverse is learned: "

@@ -268,6 +268,9 @@ class DenseRunner:
                 if inv.loss == "difference":
                     self._difference_grads(eng, b, inv, sb, gcode, slot.context)
                     continue
+                if inv.loss == "jacobian":
+                    self._jacobian_grads(eng, b, inv, sb, gcode)
+                    continue
                 kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
                 eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
                 if slot.context is not None:
@@ -324,6 +327,35 @@ class DenseRunner:
         if inv.bias:
             g = eng.grad_target(inv.bias)
             g += sb.dg2.sum(axis=0)
+            g += sb.dgf2.sum(axis=0)
+
+
+    @staticmethod
+    def _jacobian_grads(eng, b, inv, sb, gcode):
+        """The Jacobian-matching loss (Ernoult et al. 2022) and its gradient for ``V``, ``c``.
+
+        ``sb.gn = g(f(h_u + eps))`` and ``sb.gf = g(h_v)`` are computed; this
+        draws ``eta`` (after ``eps``, from the same generator), writes ``sb.ve
+        = h_v + eta`` and ``sb.ge = g(h_v + eta)`` (the other inputs at their
+        forward values, in ``sb.og`` with ``c``), then ``dV = dgn^T f(h_u +
+        eps) + dge^T (h_v + eta) + dgf^T h_v`` and ``dc`` the column sums of
+        the three (:func:`~tpgraph.kernels.dense.jacobian_residual`).
+        """
+        sigma = sb.noise.dtype.type(inv.noise)
+        eng.rng.standard_normal(out=sb.ve, dtype=sb.ve.dtype)
+        sb.ve *= sigma
+        sb.ve += b.h
+        np.dot(sb.ve2, eng.wt[inv.weight], out=sb.ge2)
+        add_bias_activate(sb.ge2, sb.og2, eng.zero_src[sb.ge.shape[2]], gcode, inv.slope, sb.ge2)
+        kd.jacobian_residual(sb.gn, sb.gf, sb.ge, sb.noise, sigma, gcode, inv.slope, sb.dg, sb.dgf, sb.dge,
+                             sb.recon)
+        eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
+        eng.add_grad(inv.weight, sb.dge2.T, sb.ve2)
+        eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
+        if inv.bias:
+            g = eng.grad_target(inv.bias)
+            g += sb.dg2.sum(axis=0)
+            g += sb.dge2.sum(axis=0)
             g += sb.dgf2.sum(axis=0)
 
 

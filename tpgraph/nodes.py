@@ -34,7 +34,9 @@ from .kernels.activations import ACTIVATIONS
 from .rules import get_rule
 REDUCTIONS = ("mean", "sum")
 #: Objectives that train a learned inverse (see :class:`Inverse`).
-INVERSE_LOSSES = ("reconstruction", "difference")
+INVERSE_LOSSES = ("reconstruction", "difference", "jacobian")
+#: The inverse losses that are identically 0 (or undefined) without noise.
+NOISY_LOSSES = ("difference", "jacobian")
 
 
 def _check_name(name, what):
@@ -86,8 +88,20 @@ class Inverse:
         ``h_u + g(h_hat) - g(h)``, should give back the perturbed input. Its
         gradient flows through both ``g`` terms (no stop-gradient on
         ``g(f(h_u))``). It needs ``noise > 0`` (with no noise it is 0).
+    ``"jacobian"``
+        the Jacobian-matching loss of Ernoult et al. (2022, "learning
+        backprop targets"), with a second draw ``eta ~ N(0, noise^2 I)`` at
+        ``h_v``: ``[-eps . (g(f(h_u + eps)) - g(f(h_u))) + 1/2 ||g(h_v +
+        eta) - g(h_v)||^2] / noise^2``. For small noise its expectation is
+        ``-tr(J_g J_f) + 1/2 ||J_g||_F^2 = 1/2 ||J_g - J_f^T||_F^2 - 1/2
+        ||J_f||_F^2``, least where ``g``'s Jacobian is the *transpose* of
+        ``f``'s, not its inverse: ``dtp``'s ``h_u + g(h_hat_v) - g(h_v)`` then
+        moves ``h_u`` by ``J_f^T (h_hat_v - h_v)``, the chain rule's step,
+        and target propagation approaches backpropagation. The gradient flows
+        through every ``g`` term. Its value can be negative (the reported
+        loss is this objective). It needs ``noise > 0``.
 
-    Both are summed over the batch.
+    All are summed over the batch.
 
     ``kind`` names how ``g`` is made (an inverse kind of
     :mod:`tpgraph.inverses`): ``"learned"`` (the default, all of the above)

@@ -263,6 +263,34 @@ def difference_residual(gn, gf, noise, sigma, code, slope, dgn, dgf, loss):
 
 
 @kernel
+def jacobian_residual(gn, gf, ge, noise, sigma, code, slope, dgn, dgf, dge, loss):
+    """The Jacobian-matching loss of an inverse (Ernoult et al. 2022), member by member.
+
+    ``gn = g(f(x + sigma noise))``, ``gf = g(f(x))`` and ``ge = g(f(x) +
+    eta)``, all ``[m, B, n]``. With ``eps = sigma noise`` and ``d = ge - gf``
+    the loss is ``L = (-eps . (gn - gf) + 1/2 ||d||^2) / sigma^2``; its
+    gradients with respect to the three pre-activations of the inverse are
+    ``dgn = -eps act'(gn) / sigma^2``, ``dge = d act'(ge) / sigma^2`` and
+    ``dgf = (eps - d) act'(gf) / sigma^2``; ``loss[k]`` is ``L`` summed over
+    the batch.
+    """
+    m, rows, cols = gn.shape
+    s2 = 1.0 / (sigma * sigma)
+    for k in range(m):
+        acc = 0.0
+        for r in range(rows):
+            for j in range(cols):
+                a, c, e = gn[k, r, j], gf[k, r, j], ge[k, r, j]
+                eps = sigma * noise[k, r, j]
+                d = e - c
+                acc += -eps * (a - c) + 0.5 * d * d
+                dgn[k, r, j] = -eps * s2 * deriv_scalar(a, code, slope)
+                dge[k, r, j] = d * s2 * deriv_scalar(e, code, slope)
+                dgf[k, r, j] = (eps - d) * s2 * deriv_scalar(c, code, slope)
+        loss[k] = acc * s2
+
+
+@kernel
 def sum_squares(d, out):
     """``out[k] = 1/2 ||d[k]||^2`` over a ``[m, B, n]`` block (local losses)."""
     m, rows, cols = d.shape

@@ -68,6 +68,12 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     description: str = ""
     space: dict = field(default_factory=dict)
+    #: The research tasks it is for (empty: all of them).
+    tasks: tuple[str, ...] = ()
+
+    def applies_to(self, task: str) -> bool:
+        """Whether the variant is measured on ``task``."""
+        return not self.tasks or task in self.tasks
 
     def base(self) -> dict:
         """The overrides as nested config sections (``{"method": {"truncate": 10}}``)."""
@@ -132,6 +138,20 @@ VARIANTS: dict[str, Variant] = _variants(
             "noise_clip with a cosine decay of the forward and output rates to 1% at the last batch (the "
             "inverse's kept): noise_clip peaks on sequence expansion and declines while its inverse falls behind",
             space=_CLIP_SPACE),
+    Variant("jacobian", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped", "protocol.lr_decay": "cosine",
+                               "method.inverse_loss": "jacobian"},
+            "noise_clip_decay with the inverse trained by the Jacobian-matching loss (Ernoult et al. 2022) instead "
+            "of reconstruction: G's Jacobian learns the transpose of F's, so dtp's targets approach "
+            "backpropagation's steps",
+            space=_CLIP_SPACE),
+    Variant("curriculum", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
+                                 "protocol.lr_decay": "cosine", "protocol.curriculum_start": 20,
+                                 "protocol.curriculum_step": 10, "protocol.curriculum_fraction": 0.25},
+            "noise_clip_decay trained on shorter sequences first (tpgraph.train.curriculum): a quarter of the "
+            "batches at length 20 (delay 20 for copy memory), a quarter at each further 10, the rest at the task's "
+            "own: TP learns length 20, and the errors left at 30 are the longest spans; sequence expansion only "
+            "(copy memory's delays 100 and 200 would leave a 3000-batch search no batch at its own delay)",
+            space=_CLIP_SPACE, tasks=("sequence_expansion",)),
 )
 
 
@@ -195,8 +215,10 @@ def _spec(variant: Variant, cells: TaskCells, budget: Budget, stage: str, values
             "optimizer": {"name": "adam"}, "output": {"checkpoint_every": max(budget.val_every, batches // 10)}}
     for section, keys in variant.base().items():
         base.setdefault(section, {}).update(keys)
-    if cells.key == "task.length":
-        base["task"]["length"] = values[0]
+    # the base is validated on its own: sequence expansion needs its length there, and a curriculum a horizon
+    # above its start (the groups then set each cell's own; copy memory's default delay is 5)
+    if cells.key == "task.length" or "protocol.curriculum_start" in variant.overrides:
+        base["task"][cells.key.partition(".")[2]] = values[0]
     study = {"name": f"{variant.name}-{cells.task}-{stage}", "description": budget.describe(),
              "objective": "best_val_loss"}
     if search:
@@ -240,6 +262,8 @@ def run_variant(variant: str | Variant, task: str, folder: str | Path, budget: B
         raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     if task not in TASKS:
         raise ConfigError(f"unknown research task {task!r}; known: {', '.join(TASKS)}")
+    if not v.applies_to(task):
+        raise ConfigError(f"variant {v.name!r} is for {', '.join(v.tasks)}, not {task}")
     cells = TASKS[task]
     values = tuple(values or cells.values)
     root = _root(folder, v.name, task, values)

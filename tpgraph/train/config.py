@@ -213,7 +213,10 @@ class MethodConfig:
     inverse_loss: str = _opt(str, "reconstruction", "the inverse's objective: reconstruction "
                              "(1/2 ||G(F(h + eps)) - (h + eps)||^2) or difference (the difference reconstruction "
                              "loss of Meulemans et al. 2020, 1/2 ||G(F(h + eps)) - G(F(h)) - eps||^2; needs "
-                             "method.noise_sigma > 0)", choices=("reconstruction", "difference"))
+                             "method.noise_sigma > 0), or jacobian (Ernoult et al. 2022: trains G's Jacobian "
+                             "towards the transpose of F's, so that dtp's targets approach backpropagation's "
+                             "steps; needs method.noise_sigma > 0; see tpgraph.nodes.Inverse)",
+                             choices=("reconstruction", "difference", "jacobian"))
     inverse: str = _opt(str, "learned", "TP's inverse G of the tanh layer: learned (V_h, c_h, trained after the "
                         "warm-up) or analytic (Roulet & Harchaoui: (W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) "
                         "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up) or joint "
@@ -442,11 +445,10 @@ class Config:
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
-        if self.method.inverse_loss == "difference" and self.method.noise_sigma <= 0:
-            raise ConfigError("method.inverse_loss = \"difference\" needs method.noise_sigma > 0 (got "
-                              f"{self.method.noise_sigma:g}): without noise the difference reconstruction loss "
-                              "is identically 0; set method.noise_sigma or use method.inverse_loss = "
-                              "\"reconstruction\"")
+        if self.method.inverse_loss in ("difference", "jacobian") and self.method.noise_sigma <= 0:
+            raise ConfigError(f"method.inverse_loss = \"{self.method.inverse_loss}\" needs method.noise_sigma > 0 "
+                              f"(got {self.method.noise_sigma:g}): without noise the loss is identically 0; set "
+                              "method.noise_sigma or use method.inverse_loss = \"reconstruction\"")
         p = self.protocol
         from ..rules import get_rule
 
