@@ -144,6 +144,10 @@ VARIANTS: dict[str, Variant] = _variants(
             "of reconstruction: G's Jacobian learns the transpose of F's, so dtp's targets approach "
             "backpropagation's steps",
             space=_CLIP_SPACE),
+    Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
+            "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
+            "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "
+            "reconstruction loss"),
     Variant("curriculum", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
                                  "protocol.lr_decay": "cosine", "protocol.curriculum_start": 20,
                                  "protocol.curriculum_step": 10, "protocol.curriculum_fraction": 0.25},
