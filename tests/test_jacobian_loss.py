@@ -14,6 +14,7 @@ noise the engine drew.
 
 import numpy as np
 import pytest
+from numeric import central_differences
 
 import tpgraph as tp
 from tpgraph.errors import ConfigError, GraphError
@@ -47,15 +48,8 @@ def _problem(seed=0, B=4, n=5, sigma=0.3):
 def test_reference_gradient_matches_central_differences():
     P = _problem()
     _, dV, dc = jacobian_reference(**P)
-    step = 1e-6
     for name, grad in (("V", dV), ("c", dc)):
-        num = np.zeros_like(grad)
-        for idx in np.ndindex(grad.shape):
-            up, down = dict(P), dict(P)
-            up[name], down[name] = P[name].copy(), P[name].copy()
-            up[name][idx] += step
-            down[name][idx] -= step
-            num[idx] = (jacobian_reference(**up)[0] - jacobian_reference(**down)[0]) / (2 * step)
+        num = central_differences(lambda Q: jacobian_reference(**Q)[0], P, name)
         np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8, err_msg=name)
 
 

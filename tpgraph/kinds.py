@@ -324,10 +324,7 @@ class DenseRunner:
         if ctx is not None:  # a joint inverse: through the context at the corrupted and the clean input
             eng.add_grad(ctx.group, sb.dg2.T, sb.cz2)
             eng.add_grad(ctx.group, sb.dgf2.T, sb.cy2)
-        if inv.bias:
-            g = eng.grad_target(inv.bias)
-            g += sb.dg2.sum(axis=0)
-            g += sb.dgf2.sum(axis=0)
+        _bias_grads(eng, inv, sb.dg2, sb.dgf2)
 
 
     @staticmethod
@@ -352,11 +349,15 @@ class DenseRunner:
         eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
         eng.add_grad(inv.weight, sb.dge2.T, sb.ve2)
         eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
-        if inv.bias:
-            g = eng.grad_target(inv.bias)
-            g += sb.dg2.sum(axis=0)
-            g += sb.dge2.sum(axis=0)
-            g += sb.dgf2.sum(axis=0)
+        _bias_grads(eng, inv, sb.dg2, sb.dge2, sb.dgf2)
+
+
+def _bias_grads(eng, inv, *pre_grads):
+    """Add the column sums of the inverse's pre-activation gradients to its bias ``c`` (if it has one)."""
+    if inv.bias:
+        g = eng.grad_target(inv.bias)
+        for d in pre_grads:
+            g += d.sum(axis=0)
 
 
 class AddRunner(DataRunner):
