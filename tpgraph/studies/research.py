@@ -627,7 +627,9 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
             "best_batch": (summary.get("best") or {}).get("val_loss_batch"),
             "final_val_loss": (summary.get("final") or {}).get("val_loss"),
             "recon_median": float(np.median(recon)) if recon.size else math.nan,
-            "recon_jump": float(np.max(recon[1:] / np.maximum(recon[:-1], 1e-12))) if recon.size > 1 else math.nan,
+            # a ratio of losses means something only where they are positive (not the Jacobian-matching objective)
+            "recon_jump": (float(np.max(recon[1:] / np.maximum(recon[:-1], 1e-12)))
+                           if recon.size > 1 and np.all(recon > 0) else math.nan),
             "recon_final": float(recon[-1]) if recon.size else math.nan,
             "local_median": float(np.median(local)) if local.size else math.nan,
             "rho_W_h_final": (summary.get("final") or {}).get("spectral_radius_W_h")}
@@ -675,7 +677,8 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "over the first and the second half of training after the warm-up (90 = orthogonal, no "
              "better than chance; BPTT's own rows are 0 by definition). Reconstruction loss: the inverse's, summed over "
              "the steps, per sequence, at the validation points after the warm-up: the median, the largest rise "
-             "between two points and the last value. Local loss: the mean over the hidden steps of "
+             "between two points (- where the loss is not positive: the Jacobian-matching objective of "
+             "`method.inverse_loss = \"jacobian\"` is negative once matched) and the last value. Local loss: the mean over the hidden steps of "
              "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median. Error by "
              "position: the percentage of validation sequences wrong at an output step, averaged over the first, "
              "middle and last third of the steps, for the final weights (- : inspected before it was measured)."
