@@ -144,6 +144,12 @@ VARIANTS: dict[str, Variant] = _variants(
             "of reconstruction: G's Jacobian learns the transpose of F's, so dtp's targets approach "
             "backpropagation's steps",
             space=_CLIP_SPACE),
+    Variant("jacobian_steps_2", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
+                                       "protocol.lr_decay": "cosine", "method.inverse_loss": "jacobian",
+                                       "protocol.inverse_steps": 2},
+            "jacobian with two inverse updates per batch: the inverse's Jacobian keeps up with the forward "
+            "weights' (at T = 40 a single run of jacobian's seed 1001 gains 14 points by batch 25 000)",
+            space=_CLIP_SPACE),
     Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
             "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
             "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "
