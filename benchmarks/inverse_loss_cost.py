@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,16 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tpgraph.models.srn import SRN  # noqa: E402
 from tpgraph.nodes import INVERSE_LOSSES  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from tpgraph.provenance import machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -60,8 +50,8 @@ def main(argv=None) -> int:
             models[loss].train_step(x, y)
             samples[loss].append(time.perf_counter() - t0)
     best = {loss: 1e3 * min(s) for loss, s in samples.items()}
-    print(f"`python benchmarks/inverse_loss_cost.py --repeats {args.repeats} --length {L}` on {_cpu()}, "
-          f"{os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d}: ms per training batch (fastest of "
+    print(f"`python benchmarks/inverse_loss_cost.py --repeats {args.repeats} --length {L}` on {machine()}, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d}: ms per training batch (fastest of "
           f"{args.repeats} interleaved samples), L = {L}, B = {B}, {H} hidden units, float32, noise 0.1.\n")
     print("| inverse loss | ms / batch | ratio to reconstruction |")
     print("|---|---|---|")
