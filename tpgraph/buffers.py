@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nodes import Dense, IndexInput
+from .nodes import NOISY_LOSSES, Dense, IndexInput
 from .plan import Plan, Stack
 
 
@@ -120,7 +120,7 @@ class StackBuffers:
                     sb.fn, sb.fn2 = _pair((m, B, n), dtype)
                     sb.gn, sb.gn2 = _pair((m, B, ns), dtype)
                     sb.aj, sb.aj2 = _pair((m, B, n), dtype)
-                    if slot.inverse.loss in ("difference", "jacobian"):
+                    if slot.inverse.loss in NOISY_LOSSES:
                         # the loss's gradient at the clean pre-activation (g(f(h_u)))
                         sb.dgf, sb.dgf2 = _pair((m, B, ns), dtype)
                     if slot.inverse.loss == "jacobian":  # h_v + eta, g(h_v + eta) and its gradient
@@ -208,7 +208,7 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn
                     add(real, 2, m, B, n)  # fn, aj
-                    if slot.inverse.loss in ("difference", "jacobian"):
+                    if slot.inverse.loss in NOISY_LOSSES:
                         add(real, m, B, ns)  # dgf
                     if slot.inverse.loss == "jacobian":
                         add(real, m, B, n)  # ve

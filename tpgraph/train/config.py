@@ -127,6 +127,11 @@ def _task_names() -> tuple[str, ...]:
     return tuple(sorted(TASKS))
 
 
+def _inverse_losses() -> tuple[str, ...]:
+    from ..nodes import INVERSE_LOSSES
+    return INVERSE_LOSSES
+
+
 def _optimizer_names() -> tuple[str, ...]:
     from ..optim import OPTIMIZERS
     return tuple(OPTIMIZERS)
@@ -216,7 +221,7 @@ class MethodConfig:
                              "method.noise_sigma > 0), or jacobian (Ernoult et al. 2022: trains G's Jacobian "
                              "towards the transpose of F's, so that dtp's targets approach backpropagation's "
                              "steps; needs method.noise_sigma > 0; see tpgraph.nodes.Inverse)",
-                             choices=("reconstruction", "difference", "jacobian"))
+                             choices=_inverse_losses())
     inverse: str = _opt(str, "learned", "TP's inverse G of the tanh layer: learned (V_h, c_h, trained after the "
                         "warm-up) or analytic (Roulet & Harchaoui: (W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) "
                         "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up) or joint "
@@ -445,11 +450,12 @@ class Config:
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
-        if self.method.inverse_loss in ("difference", "jacobian") and self.method.noise_sigma <= 0:
+        from ..nodes import NOISY_LOSSES
+
+        if self.method.inverse_loss in NOISY_LOSSES and self.method.noise_sigma <= 0:
             raise ConfigError(f"method.inverse_loss = \"{self.method.inverse_loss}\" needs method.noise_sigma > 0 "
                               f"(got {self.method.noise_sigma:g}): without noise the loss is identically 0; set "
                               "method.noise_sigma or use method.inverse_loss = \"reconstruction\"")
-        p = self.protocol
         from ..rules import get_rule
 
         if p.rollback_lr_decay > 1.0:

@@ -431,8 +431,11 @@ class Trainer:
         rollback = stab is not None and stab.rollback is not None
         pre = stab.before_batch if stab is not None and stab.scheduled else None  # protocol.lr_warmup, lr_decay
         post = stab.after_batch if stab is not None and stab.spectral_limit is not None else None
+        k = 0  # protocol.curriculum_*: the stage of the next batch (batches only go forward, resumed or not)
         while s.batch < n and self._stop_reason is None:
-            stage = next(st for st in stages if s.batch < st.last)  # protocol.curriculum_*: the batch's task
+            while s.batch >= stages[k].last:
+                k += 1
+            stage = stages[k]
             x, y = stage.task.batch(rng, B)
             # alignment.csv has a column per step of the task's own length: measured in its last stage only
             if align and (s.batch + 1) % align == 0 and stage.task is self.task:
