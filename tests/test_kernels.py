@@ -8,12 +8,15 @@ references are written here from the kernels' documented contracts, not from
 their code.
 """
 
+import functools
+
 import numpy as np
 import pytest
 
 from tpgraph.kernels import activations as ka
 from tpgraph.kernels import dense as kd
 from tpgraph.kernels import losses as kl
+from tpgraph.inverses import adjoint_features
 
 DTYPES = [np.float32, np.float64]
 SLOPE = 0.07  # a leaky slope unlike the default, so that it must be passed through
@@ -55,6 +58,8 @@ def deriv_ref_from_z(z, name, slope=SLOPE):
 
 CODES = {name: code for name, code in ka.ACTIVATIONS.items()}
 CODES["tanh_fast"] = ka.TANH_FAST
+#: The adjoint inverse's features phi (tpgraph.inverses.adjoint_features), per forward activation.
+FEATURES = {name: functools.partial(adjoint_features, act=name, slope=SLOPE) for name in ka.ACTIVATIONS}
 ALL_ACTS = sorted(CODES)
 #: (dtype, activation) pairs; the fast tanh is the float32 path only
 ACT_CASES = [pytest.param(d, n, id=f"{n}-{np.dtype(d).name}") for d in DTYPES for n in ALL_ACTS
@@ -345,29 +350,32 @@ def _pre(hext, a, bias, w, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("difference", [True, False])
-@pytest.mark.parametrize("gname", ["tanh", "identity"])
-def test_scan_inverse_matches_loop(dtype, difference, gname):
+@pytest.mark.parametrize("gname,fname", [("tanh", "identity"), ("identity", "identity"), ("identity", "tanh"),
+                                         ("tanh", "sigmoid")])
+def test_scan_inverse_matches_loop(dtype, difference, gname, fname):
+    """The chain scan of a learned (features ``identity``) or adjoint inverse against a NumPy loop."""
     rng, hext, a, bias, w = chain_case(dtype, seed=22)
     hext = forward_chain(hext, a, bias, w, "tanh")
     m, B, n = a.shape
     v = (rng.normal(size=(n, n)) * 0.5).astype(dtype)  # inverse weight V [n_src, n]
     og = rng.normal(size=(m, B, n)).astype(dtype) * 0.3
-    gf = act_ref(np.einsum("kbj,ij->kbi", hext[1:].astype(np.float64), v) + og, gname).astype(dtype)
+    phi = FEATURES[fname]
+    gf = act_ref(np.einsum("kbj,ij->kbi", phi(hext[1:].astype(np.float64)), v) + og, gname).astype(dtype)
     d = (rng.normal(size=(m, B, n)) * 0.2).astype(dtype)
     inv_count = np.array([0.5, 1.0, 1.0, 0.5, 1.0], dtype=dtype)
     start, stop = m - 1, 0
     rd = d.astype(np.float64).copy()
     rp = np.zeros((m, B, n))
     for k in range(start, stop - 1, -1):
-        g_hat = act_ref((hext[k + 1] + rd[k]) @ v.T.astype(np.float64) + og[k], gname)
+        g_hat = act_ref(phi(hext[k + 1] + rd[k]) @ v.T.astype(np.float64) + og[k], gname)
         ref = gf[k] if difference else hext[k]
         rp[k] = g_hat - ref
         if k > 0:
             rd[k - 1] = (rd[k - 1] + rp[k]) * inv_count[k - 1]
     p = np.zeros((m, B, n), dtype=dtype)
     tmp = np.zeros((B, n), dtype=dtype)
-    kd.scan_inverse(d, hext, np.ascontiguousarray(v.T), og, gf, CODES[gname], SLOPE, inv_count, start, stop,
-                    difference, p, tmp)
+    kd.scan_inverse(d, hext, np.ascontiguousarray(v.T), og, gf, CODES[gname], SLOPE, CODES[fname], SLOPE, inv_count,
+                    start, stop, difference, p, tmp)
     t = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(p, rp, **t)
     np.testing.assert_allclose(d, rd, **t)

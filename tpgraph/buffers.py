@@ -37,7 +37,8 @@ class SlotBuffers:
 
     __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
                  "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready",
-                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2", "ve", "ve2", "ge", "ge2", "dge", "dge2")
+                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2", "ve", "ve2", "ge", "ge2", "dge", "dge2",
+                 "fh", "fh2")
 
     def __init__(self):
         for name in self.__slots__:
@@ -114,6 +115,8 @@ class StackBuffers:
                 sb.gf, sb.gf2 = _pair((m, B, ns), dtype)
                 sb.dg, sb.dg2 = _pair((m, B, ns), dtype)
                 sb.recon = np.zeros(m, dtype=np.float64)
+                if slot.inverse.impl.has_features:  # phi(h_v), the adjoint inverse's input
+                    sb.fh, sb.fh2 = _pair((m, B, n), dtype)
                 if slot.inverse.noise > 0:
                     sb.noise = np.zeros((m, B, ns), dtype=dtype)
                     sb.xn, sb.xn2 = _pair((m, B, ns), dtype)
@@ -205,6 +208,8 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                 add(real, 2, m, B, ns)  # gf, dg
                 add(real, m, B, slot.inverse.impl.og_size(ns, n))  # og
                 add(f64, m)  # recon
+                if slot.inverse.impl.has_features:
+                    add(real, m, B, n)  # fh
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn
                     add(real, 2, m, B, n)  # fn, aj

@@ -13,6 +13,15 @@ and how it proposes; they never test its name.
     ``g(h) = act(V h + sum_{i != u} W_i h_i + c)``: ``V`` and ``c`` are the
     inverse's own parameter groups, trained by the engine as a denoising
     auto-encoder (see :mod:`tpgraph.kinds`, ``inverse_grads``).
+``"adjoint"`` (:class:`AdjointInverse`)
+    ``g(h) = V phi(h) + sum_{i != u} W_i h_i + c``, linear in the features
+    ``phi`` of the node's activation (:func:`adjoint_features`:
+    ``phi'(h) = act'`` written through the output, ``h - h^3/3`` for tanh).
+    Its Jacobian ``V diag(act'(.))`` has the shape of the node's transposed
+    Jacobian ``W_u^T diag(act'(.))``, so it *can* equal it (with ``V =
+    W_u^T``), which the learned kind's ``diag(act_g') V`` cannot; trained like
+    the learned kind, and meant for the Jacobian-matching loss, whose
+    minimiser it then is (:class:`AdjointInverse`).
 ``"analytic"`` (:class:`AnalyticInverse`; Roulet & Harchaoui)
     for ``h_v = tanh(W_u h_u + sum_{i != u} W_i h_i + b)``, the regularised
     least-squares inverse
@@ -41,7 +50,7 @@ import numpy as np
 
 from .errors import GraphError
 from .kernels import dense as kd
-from .kernels.activations import IDENTITY
+from .kernels.activations import ACTIVATIONS, IDENTITY, feature_sum
 
 #: Defaults of the analytic inverse: the regularisation ``reg`` and the clip of atanh's argument.
 #: ``reg = 0.1``: ``M`` multiplies a singular direction of ``W`` with singular value ``s`` by
@@ -61,6 +70,10 @@ class InverseKind(ABC):
     has_params: ClassVar[bool] = True
     #: May read a sibling consumer's value and target (a many-to-one inverse, ``Inverse.context``).
     supports_context: ClassVar[bool] = False
+    #: Applies features ``phi`` to its input (buffers then keep ``phi(h_v)`` in ``sb.fh``).
+    has_features: ClassVar[bool] = False
+    #: The activation the inverse must have, if the kind fixes it (a model declaring it uses this one).
+    fixed_act: ClassVar[str | None] = None
 
     def check(self, node, inv, where: str) -> None:
         """Refuse an inverse this kind cannot be for ``node`` (a :class:`~tpgraph.nodes.Dense`): a GraphError naming ``where``."""
@@ -125,6 +138,14 @@ class LearnedInverse(InverseKind):
     def groups(self, inv):
         return tuple(g for g in (inv.weight, inv.bias, inv.context) if g is not None)
 
+    def feature_code(self, eng, st) -> tuple:
+        """``(code, slope)`` of the features ``phi`` the inverse applies to its input: none (IDENTITY) here."""
+        return IDENTITY, 0.0
+
+    def features(self, eng, st, x2, out2):
+        """``phi(x2)`` (2-D), written into ``out2`` (which may be ``x2``) and returned; ``x2`` itself here."""
+        return x2
+
     def at_forward(self, runner, eng, st, b, slot, sb):
         runner.inverse_at_forward(eng, st, b, slot, sb)
 
@@ -148,7 +169,7 @@ class LearnedInverse(InverseKind):
         self.at_target(runner, eng, st, b, slot, sb)
         inv = slot.inverse
         np.add(b.h2, b.d2, out=b.z2)  # the targets h_hat_v
-        np.dot(b.z2, eng.wt[inv.weight], out=sb.p2)
+        np.dot(self.features(eng, st, b.z2, b.z2), eng.wt[inv.weight], out=sb.p2)
         ref = sb.gf2 if difference else sb.x2
         og2 = sb.og2 if slot.context is None else sb.ogt2
         kd.inverse_finish(sb.p2, og2, ref, eng.inv_codes[(st.id, slot.index)], inv.slope)
@@ -156,17 +177,19 @@ class LearnedInverse(InverseKind):
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop, difference):
         inv = slot.inverse
         og = self._og_target(slot, sb)
+        fcode, fslope = self.feature_code(eng, st)
         jm = eng.jit_merges.get(st.id)
         if jm is not None:  # a compiled merge strategy, called inside the scan
             args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], og, sb.gf,
-                    eng.inv_codes[(st.id, slot.index)], inv.slope, start, stop, difference, sb.p, b.tmp)
+                    eng.inv_codes[(st.id, slot.index)], inv.slope, fcode, fslope, start, stop, difference, sb.p,
+                    b.tmp)
             if eng.gemm is not None:
                 kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
             else:
                 kd.scan_inverse_merge(*args)
             return
         args = (b.d, b.hext, eng.wt[inv.weight], og, sb.gf, eng.inv_codes[(st.id, slot.index)],
-                inv.slope, inv_count, start, stop, difference, sb.p, b.tmp)
+                inv.slope, fcode, fslope, inv_count, start, stop, difference, sb.p, b.tmp)
         if eng.gemm is not None:
             kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
         else:
@@ -183,6 +206,79 @@ class LearnedInverse(InverseKind):
         if inverse_bias is not None:
             z = z + inverse_bias
         return act(z)
+
+
+def adjoint_features(x, act: str = "tanh", slope: float = 0.01):
+    """Plain-NumPy ``phi(x)`` of the adjoint inverse for a node of activation ``act``.
+
+    ``phi`` is the antiderivative of the activation's derivative written
+    through its output (:func:`~tpgraph.kernels.activations.deriv_scalar`):
+    ``phi'(h) = act'`` at the pre-activation whose output is ``h``. tanh:
+    ``x - x^3/3``; sigmoid: ``x^2/2 - x^3/3``; relu: ``max(x, 0)``; leaky
+    relu: ``x`` or ``slope x``; identity: ``x``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if act == "tanh":
+        return x - x ** 3 / 3
+    if act == "sigmoid":
+        return x ** 2 / 2 - x ** 3 / 3
+    if act == "relu":
+        return np.maximum(x, 0.0)
+    if act == "leaky_relu":
+        return np.where(x > 0, x, slope * x)
+    if act == "identity":
+        return x
+    raise GraphError(f"adjoint features: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+class AdjointInverse(LearnedInverse):
+    """``adjoint``: ``g(h) = V phi(h) + others + c``, linear in the node's adjoint features, ``V`` and ``c`` trained.
+
+    For ``h_v = act(W_u h_u + ...)`` the step's Jacobian is ``J_f = diag(act'(.))
+    W_u`` and ``g``'s is ``J_g = V diag(phi'(h_v)) = V diag(act'(.))``: the
+    transpose ``J_f^T`` is the member ``V = W_u^T`` of the family, at every
+    state at once. ``dtp``'s displacement ``g(h_hat_v) - g(h_v) = V (phi(h_hat_v)
+    - phi(h_v))`` is then ``J_f^T (h_hat_v - h_v)`` to first order: the chain
+    rule's step, without the weight being transported.
+
+    Trained by the Jacobian-matching loss (``loss="jacobian"``), ``V``'s
+    gradient is linear in ``V``: with ``D = diag(act'(.))`` at ``h_v``,
+    ``E[dL/dV] ~ V sum D^2 - W_u^T sum D^2`` to first order in the noise, so
+    ``V = W_u^T`` is its one stationary point whatever the states (``sum D^2``
+    is positive definite), where the learned kind's optimum is a compromise.
+    The other losses train it too (a linear regression on ``phi(h_v)``).
+    The inverse's activation must be ``identity`` (``g`` is linear in
+    ``phi``); it takes no context. The features are computed in the scans and
+    batched products (:func:`~tpgraph.kernels.activations.feature_sum`).
+    """
+
+    name = "adjoint"
+    supports_context = False
+    has_features = True
+    fixed_act = "identity"
+
+    def check(self, node, inv, where):
+        if inv.act != "identity":
+            raise GraphError(f"{where}: the adjoint inverse is linear in its features (g(h) = V phi(h) + ...), so "
+                             f"its act must be 'identity', got {inv.act!r}")
+
+    def feature_code(self, eng, st):
+        return eng.codes[st.id], float(st.node.slope)
+
+    def features(self, eng, st, x2, out2):
+        code, slope = self.feature_code(eng, st)
+        feature_sum(x2, None, code, slope, out2)
+        return out2
+
+    def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
+                  act=None, node_act="tanh", node_slope=0.01):
+        """As :meth:`InverseKind.reference`, with ``node_act`` (and ``node_slope``) the forward node's activation."""
+        if inverse_weight is None:
+            raise GraphError("inverse kind 'adjoint': the reference needs the inverse's weight V")
+        z = adjoint_features(h, node_act, node_slope) @ np.asarray(inverse_weight, dtype=np.float64).T + others
+        if inverse_bias is not None:
+            z = z + inverse_bias
+        return z
 
 
 def analytic_matrix(weight, reg: float) -> np.ndarray:
@@ -347,5 +443,5 @@ def get_inverse_kind(name, where: str | None = None) -> InverseKind:
     return kind
 
 
-for _cls in (LearnedInverse, AnalyticInverse):
+for _cls in (LearnedInverse, AnalyticInverse, AdjointInverse):
     register_inverse_kind(_cls)

@@ -162,7 +162,7 @@ class DenseRunner:
         other_inputs(eng, st, b, slot, sb)
         if inv.bias:
             sb.og2 += eng.params[inv.bias]
-        np.dot(b.h2, eng.wt[inv.weight], out=sb.gf2)
+        np.dot(_value_features(eng, st, b, inv, sb), eng.wt[inv.weight], out=sb.gf2)
         ctx = slot.context
         if ctx is not None:  # a joint inverse: gf = g(h_v, h_s) with the siblings' values (og keeps without)
             kd.gather_or_zero(sb.cy, eng.buf.stacks[ctx.src].h, ctx.rows)
@@ -260,16 +260,18 @@ class DenseRunner:
                 add_bias_activate(sb.fn2, aj2, bias, eng.codes[st.id], node.slope, sb.fn2)
                 if slot.context is not None:
                     self._noisy_context(eng, slot, sb)  # sb.cz: the siblings at the corrupted input
+                # sb.fn becomes the inverse's input phi(f(h_u + eps)) (f itself for the learned kind)
+                inv.impl.features(eng, st, sb.fn2, sb.fn2)
                 np.dot(sb.fn2, eng.wt[inv.weight], out=sb.gn2)
                 if slot.context is not None:
                     np.dot(sb.cz2, eng.wt[slot.context.group], out=sb.ogt2)
                     sb.gn2 += sb.ogt2
                 add_bias_activate(sb.gn2, sb.og2, eng.zero_src[slot.src_size], gcode, inv.slope, sb.gn2)
                 if inv.loss == "difference":
-                    self._difference_grads(eng, b, inv, sb, gcode, slot.context)
+                    self._difference_grads(eng, st, b, inv, sb, gcode, slot.context)
                     continue
                 if inv.loss == "jacobian":
-                    self._jacobian_grads(eng, b, inv, sb, gcode)
+                    self._jacobian_grads(eng, st, b, inv, sb, gcode)
                     continue
                 kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
                 eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
@@ -277,7 +279,7 @@ class DenseRunner:
                     eng.add_grad(slot.context.group, sb.dg2.T, sb.cz2)
             else:
                 kd.inverse_residual(sb.gf, sb.x, gcode, inv.slope, sb.dg, sb.recon)
-                eng.add_grad(inv.weight, sb.dg2.T, b.h2)
+                eng.add_grad(inv.weight, sb.dg2.T, _value_features(eng, st, b, inv, sb))
                 if slot.context is not None:
                     eng.add_grad(slot.context.group, sb.dg2.T, sb.cy2)
             if inv.bias:
@@ -308,19 +310,20 @@ class DenseRunner:
         kd.context_activate(sb.cz, pre, ctx.rows, eng.codes[ctx.src], snode.slope)
 
     @staticmethod
-    def _difference_grads(eng, b, inv, sb, gcode, ctx=None):
+    def _difference_grads(eng, st, b, inv, sb, gcode, ctx=None):
         """The difference reconstruction loss (Meulemans et al. 2020) and its gradient for ``V``, ``c``.
 
         ``L = 1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2`` with ``eps = noise
         * sb.noise``, ``sb.gn = g(f(h_u + eps))`` (from ``sb.fn``) and ``sb.gf
         = g(f(h_u)) = g(h_v)`` already computed. The full gradient: through
         both terms, ``dV = dgn^T f(h_u + eps) + dgf^T h_v`` and ``dc`` the
-        column sums of ``dgn + dgf``.
+        column sums of ``dgn + dgf`` (an inverse with features: ``phi`` of
+        both inputs in place of them, ``sb.fn`` already holding its features).
         """
         kd.difference_residual(sb.gn, sb.gf, sb.noise, sb.noise.dtype.type(inv.noise), gcode, inv.slope,
                                sb.dg, sb.dgf, sb.recon)
         eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
-        eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
+        eng.add_grad(inv.weight, sb.dgf2.T, _value_features(eng, st, b, inv, sb))
         if ctx is not None:  # a joint inverse: through the context at the corrupted and the clean input
             eng.add_grad(ctx.group, sb.dg2.T, sb.cz2)
             eng.add_grad(ctx.group, sb.dgf2.T, sb.cy2)
@@ -328,7 +331,7 @@ class DenseRunner:
 
 
     @staticmethod
-    def _jacobian_grads(eng, b, inv, sb, gcode):
+    def _jacobian_grads(eng, st, b, inv, sb, gcode):
         """The Jacobian-matching loss (Ernoult et al. 2022) and its gradient for ``V``, ``c``.
 
         ``sb.gn = g(f(h_u + eps))`` and ``sb.gf = g(h_v)`` are computed; this
@@ -336,20 +339,36 @@ class DenseRunner:
         = h_v + eta`` and ``sb.ge = g(h_v + eta)`` (the other inputs at their
         forward values, in ``sb.og`` with ``c``), then ``dV = dgn^T f(h_u +
         eps) + dge^T (h_v + eta) + dgf^T h_v`` and ``dc`` the column sums of
-        the three (:func:`~tpgraph.kernels.dense.jacobian_residual`).
+        the three (:func:`~tpgraph.kernels.dense.jacobian_residual`). An
+        inverse with features reads ``phi`` of each input instead (``sb.ve``
+        then holds ``phi(h_v + eta)``).
         """
         sigma = sb.noise.dtype.type(inv.noise)
         eng.rng.standard_normal(out=sb.ve, dtype=sb.ve.dtype)
         sb.ve *= sigma
         sb.ve += b.h
+        inv.impl.features(eng, st, sb.ve2, sb.ve2)
         np.dot(sb.ve2, eng.wt[inv.weight], out=sb.ge2)
         add_bias_activate(sb.ge2, sb.og2, eng.zero_src[sb.ge.shape[2]], gcode, inv.slope, sb.ge2)
         kd.jacobian_residual(sb.gn, sb.gf, sb.ge, sb.noise, sigma, gcode, inv.slope, sb.dg, sb.dgf, sb.dge,
                              sb.recon)
         eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
         eng.add_grad(inv.weight, sb.dge2.T, sb.ve2)
-        eng.add_grad(inv.weight, sb.dgf2.T, b.h2)
+        eng.add_grad(inv.weight, sb.dgf2.T, _value_features(eng, st, b, inv, sb))
         _bias_grads(eng, inv, sb.dg2, sb.dge2, sb.dgf2)
+
+
+def _value_features(eng, st, b, inv, sb):
+    """The inverse's input at the forward values: ``phi(h_v)`` in ``sb.fh`` for a kind with features, else ``h_v``.
+
+    ``sb.fh`` is written once per step (``sb.ready`` false), then reused by
+    the inverse's training.
+    """
+    if sb.fh2 is None:
+        return b.h2
+    if not sb.ready:
+        inv.impl.features(eng, st, b.h2, sb.fh2)
+    return sb.fh2
 
 
 def _bias_grads(eng, inv, *pre_grads):

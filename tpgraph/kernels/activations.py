@@ -165,3 +165,52 @@ def mul_deriv(d, h, code, slope, out):
         for r in range(rows):
             for j in range(cols):
                 out[r, j] = d[r, j] * deriv_scalar(h[r, j], code, slope)
+
+
+# The adjoint features (tpgraph.inverses, kind "adjoint"): ``phi`` with ``phi'(h) = act'`` written
+# through the output ``h``, so that ``V phi(h)`` has the Jacobian ``V diag(act'(.))`` at ``h``, the
+# shape of a layer's transposed Jacobian ``W^T diag(act'(.))``. tanh: ``h - h^3 / 3``; sigmoid:
+# ``h^2 / 2 - h^3 / 3``; relu: ``max(h, 0)``; leaky relu: ``h`` or ``slope h``; identity: ``h``.
+
+
+@kernel
+def feature_scalar(x, code, slope):
+    """``phi(x)`` of activation ``code`` for one scalar (the antiderivative of ``act'`` in its output)."""
+    if code == TANH or code == TANH_FAST:
+        return x - x * x * x / 3.0
+    if code == SIGMOID:
+        return x * x * (0.5 - x / 3.0)
+    if code == RELU:
+        return x if x > 0 else 0.0 * x
+    if code == LEAKY_RELU:
+        return x if x > 0 else slope * x
+    return x
+
+
+@kernel
+def feature_sum(a, b, code, slope, out):
+    """``out = phi(a + b)`` over 2-D blocks (``b`` may be ``None``: ``phi(a)``; ``out`` may alias ``a``).
+
+    ``code`` IDENTITY is the plain sum (the learned inverse's input).
+    """
+    rows, cols = out.shape
+    if code == IDENTITY:
+        if b is None:
+            for r in range(rows):
+                for j in range(cols):
+                    out[r, j] = a[r, j]
+        else:
+            for r in range(rows):
+                for j in range(cols):
+                    out[r, j] = a[r, j] + b[r, j]
+    elif code == TANH or code == TANH_FAST:
+        third = out.dtype.type(1.0 / 3.0)
+        for r in range(rows):
+            for j in range(cols):
+                v = a[r, j] if b is None else a[r, j] + b[r, j]
+                out[r, j] = v - third * v * v * v
+    else:
+        for r in range(rows):
+            for j in range(cols):
+                v = a[r, j] if b is None else a[r, j] + b[r, j]
+                out[r, j] = feature_scalar(v, code, slope)

@@ -11,7 +11,8 @@ orientation ``W [out, in]``; ``WT`` denotes a contiguous transposed copy.
 import numpy as np
 from numba import njit
 
-from .activations import TANH, TANH_FAST, act_block, act_scalar, deriv_scalar, fast_tanh, mul_deriv
+from .activations import (TANH, TANH_FAST, act_block, act_scalar, deriv_scalar, fast_tanh, feature_sum,
+                          mul_deriv)
 from .blas import mm
 from .jit import kernel
 
@@ -133,31 +134,24 @@ def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
 
 
 @kernel
-def scan_inverse(d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, difference, p, tmp):
+def scan_inverse(d, hext, vt, og, gf, gcode, slope, fcode, fslope, inv_count, start, stop, difference, p, tmp):
     """Credit back through a chain with a learned inverse (``dtp`` or ``tp``).
 
-    ``g(h) = act_g(h @ vt + og[k])``. For ``k = start .. stop`` the proposal to
+    ``g(h) = act_g(phi(h) @ vt + og[k])``, ``phi`` the features of code
+    ``fcode`` (:func:`~tpgraph.kernels.activations.feature_sum`: the identity
+    for the ``learned`` kind, the adjoint features for ``adjoint``). For ``k = start .. stop`` the proposal to
     the recurrent input is ``g(h_k + d[k])`` and its displacement ``p[k]`` is
     ``g(h_k + d[k]) - gf[k]`` for ``dtp`` (``difference=True``, ``gf[k]`` the
     inverse at the forward value) or ``g(h_k + d[k]) - h_{k-1}`` for ``tp``.
     Member ``k-1`` then merges it as in :func:`scan_gradient`.
     """
     for k in range(start, stop - 1, -1):
-        add_blocks(hext[k + 1], d[k], tmp)  # the target h_hat_k
+        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)  # phi(h_hat_k): the target itself for fcode IDENTITY
         pk = p[k]
         np.dot(tmp, vt, pk)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
         if k > 0:
             _merge_into(d[k - 1], pk, inv_count[k - 1])
-
-
-@kernel
-def add_blocks(a, b, out):
-    """``out = a + b`` over 2-D blocks."""
-    rows, cols = out.shape
-    for r in range(rows):
-        for j in range(cols):
-            out[r, j] = a[r, j] + b[r, j]
 
 
 @kernel
@@ -344,11 +338,11 @@ def scan_gradient_cblas(gemm, one, zero, d, hext, w, code, slope, inv_count, sta
 
 
 @kernel
-def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, inv_count, start, stop, difference,
-                       p, tmp):
+def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, fcode, fslope, inv_count, start, stop,
+                       difference, p, tmp):
     """:func:`scan_inverse` with ``gemm`` for the products."""
     for k in range(start, stop - 1, -1):
-        add_blocks(hext[k + 1], d[k], tmp)  # the target h_hat_k
+        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)  # phi(h_hat_k): the target itself for fcode IDENTITY
         pk = p[k]
         mm(gemm, tmp, vt, pk, one, zero)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
@@ -436,10 +430,11 @@ def scan_gradient_merge_cblas(gemm, one, zero, merge, params, d, hext, w, code, 
 
 
 @merge_kernel
-def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, start, stop, difference, p, tmp):
+def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope, start, stop, difference, p,
+                       tmp):
     """:func:`scan_inverse` with a compiled merge of member ``k - 1``."""
     for k in range(start, stop - 1, -1):
-        add_blocks(hext[k + 1], d[k], tmp)
+        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)
         pk = p[k]
         np.dot(tmp, vt, pk)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
@@ -448,11 +443,11 @@ def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, start, 
 
 
 @merge_kernel
-def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf, gcode, slope, start, stop,
-                             difference, p, tmp):
+def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope,
+                             start, stop, difference, p, tmp):
     """:func:`scan_inverse_merge` with ``gemm`` for the products."""
     for k in range(start, stop - 1, -1):
-        add_blocks(hext[k + 1], d[k], tmp)
+        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)
         pk = p[k]
         mm(gemm, tmp, vt, pk, one, zero)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)

@@ -144,7 +144,10 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     ``"learned"`` (``V_h``, ``c_h``, trained) or ``"analytic"``, the
     regularised inverse ``(W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) -
     W_xh x_t - b_h)``, which has no groups (``noise``, ``inverse_act`` and
-    ``inverse_loss`` then do not apply), or ``"joint"``: the learned inverse
+    ``inverse_loss`` then do not apply), or ``"adjoint"``: ``V_h (h_t -
+    h_t^3/3) + W_xh x_t + c_h`` (:class:`~tpgraph.inverses.AdjointInverse`,
+    trained like the learned one; ``inverse_act`` does not apply, its
+    Jacobian can equal ``W_h^T diag(1 - h_t^2)``), or ``"joint"``: the learned inverse
     made many-to-one (``Inverse.context``). ``h_{t-1}`` has two consumers,
     ``h_t`` and the logits ``y_{t-1}``; instead of merging their proposals
     linearly, one inverse takes both targets,
@@ -176,8 +179,12 @@ def build_srn(length: int, n_in: int, n_hidden: int, n_out: int, *, many_to_many
     if joint:
         _check_joint(credit, merge, many_to_many)
     learned = _is_learned(inverse)
-    inv_opts = (dict(weight="V_h", bias="c_h", act=inverse_act, noise=noise, loss=inverse_loss) if learned
-                else dict(kind=inverse, reg=float(inverse_reg)))
+    if learned:  # the learned kinds (learned, adjoint, joint): V_h, c_h; a kind may fix the inverse's activation
+        kind = "learned" if joint else inverse
+        inv_opts = dict(weight="V_h", bias="c_h", act=get_inverse_kind(kind).fixed_act or inverse_act, noise=noise,
+                        loss=inverse_loss, kind=kind)
+    else:
+        inv_opts = dict(kind=inverse, reg=float(inverse_reg))
     if joint:
         inv_opts.update(context=JOINT_GROUP, context_size=n_out)
     g = Graph(f"srn_L{length}", dtype=dtype, merge=merge)
@@ -271,7 +278,7 @@ class SRN:
         ``"fa"`` (feedback alignment: a fixed random matrix in place of
         ``W_h^T``; the inverse is then neither used nor trained). Any
         registered rule that carries credit and suits a dense node is accepted.
-    inverse : {"learned", "analytic", "joint"}
+    inverse : {"learned", "analytic", "adjoint", "joint"}
         The kind of the inverse ``G`` (:mod:`tpgraph.inverses`): learned
         (``V_h``, ``c_h``, trained with ``lr_g`` after a warm-up) or the
         analytic regularised inverse of the tanh layer (Roulet & Harchaoui),
@@ -282,7 +289,11 @@ class SRN:
         the targets of ``h_t`` and of the logits ``y_{t-1}`` at once in place
         of the linear merge (see :func:`build_srn`); its extra group ``V_y``
         is trained with ``lr_g``; the other groups start as the learned
-        model's of the same seed. BPTT ignores it.
+        model's of the same seed. BPTT ignores it. ``"adjoint"``: ``G(x_t,
+        h_t) = V_h (h_t - h_t^3/3) + W_xh x_t + c_h``, trained like the
+        learned one (same groups and initialisation), whose Jacobian
+        ``V_h diag(1 - h_t^2)`` can equal the step's transpose; meant for
+        ``inverse_loss="jacobian"`` (:class:`~tpgraph.inverses.AdjointInverse`).
     inverse_reg : float
         The analytic inverse's regularisation ``reg > 0`` (ignored by the learned one).
     memory_limit : int or str, optional

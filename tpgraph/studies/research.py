@@ -150,6 +150,13 @@ VARIANTS: dict[str, Variant] = _variants(
             "jacobian with two inverse updates per batch: the inverse's Jacobian keeps up with the forward "
             "weights' (at T = 40 a single run of jacobian's seed 1001 gains 14 points by batch 25 000)",
             space=_CLIP_SPACE),
+    Variant("adjoint", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped", "protocol.lr_decay": "cosine",
+                              "method.inverse_loss": "jacobian", "method.inverse": "adjoint"},
+            "jacobian with the adjoint inverse G = V_h (h_t - h_t^3/3) + W_xh x_t + c_h (tpgraph.inverses."
+            "AdjointInverse): its Jacobian V_h diag(1 - h_t^2) can equal the step's transpose W_h^T diag(1 - "
+            "h_t^2) at every state, which the learned tanh(V_h h_t + ...) cannot, and the Jacobian-matching loss "
+            "has it as its one stationary point",
+            space=_CLIP_SPACE),
     Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
             "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
             "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "

@@ -228,8 +228,10 @@ class MethodConfig:
                         "(the learned inverse made many-to-one: G2(h_t, y_(t-1)) = tanh(V_h h_t + V_y y_(t-1) + "
                         "W_xh x_t + c_h) takes the targets of h_t and of the logits y_(t-1) at once and replaces "
                         "the linear merge; V_y trained with V_h, c_h; needs credit dtp or tp, the linear merge, an "
-                        "output at every step; BPTT ignores it)",
-                        choices=("learned", "analytic", "joint"))
+                        "output at every step; BPTT ignores it) or adjoint (G = V_h (h_t - h_t^3/3) + W_xh x_t + c_h, "
+                        "trained like learned: its Jacobian V_h diag(1 - h_t^2) can equal the step's transpose "
+                        "W_h^T diag(1 - h_t^2), the minimiser of inverse_loss jacobian)",
+                        choices=("learned", "analytic", "joint", "adjoint"))
     inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
                               "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
                               above=0.0)
