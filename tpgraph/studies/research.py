@@ -157,6 +157,10 @@ VARIANTS: dict[str, Variant] = _variants(
             "h_t^2) at every state, which the learned tanh(V_h h_t + ...) cannot, and the Jacobian-matching loss "
             "has it as its one stationary point",
             space=_CLIP_SPACE),
+    Variant("adjoint_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian",
+                                   "method.inverse": "adjoint"},
+            "the paper's TP (linear merge, constant rates) with the adjoint inverse and the Jacobian-matching loss "
+            "at noise 0.1: whether targets close to backpropagation's still need the clip and the decay"),
     Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
             "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
             "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "
