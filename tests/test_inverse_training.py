@@ -203,7 +203,7 @@ def test_difference_without_noise_is_refused():
     g.dense("b", ["a"], 3, weights=["W2"], rules=["dtp"])
     with pytest.raises(GraphError, match="noise"):
         g.add_inverse("b", of="a", weight="V", loss="difference")
-    with pytest.raises(GraphError, match="unknown loss"):
+    with pytest.raises(GraphError, match="unknown inverse loss"):
         g.add_inverse("b", of="a", weight="V", noise=0.1, loss="bogus")
     g.add_inverse("b", of="a", weight="V", noise=0.1, loss="difference")
     assert g.node("b").inverses["a"].loss == "difference"

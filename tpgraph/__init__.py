@@ -24,6 +24,7 @@ from .engine import Engine, StepResult  # noqa: E402
 from .errors import (CheckpointError, ConfigError, DataError, DivergenceError, GraphError,
                      MemoryLimitError, TPGraphError)
 from .graph import Graph
+from .inverse_losses import InverseLoss, get_inverse_loss, known_inverse_losses, register_inverse_loss
 from .inverses import InverseKind, get_inverse_kind, known_inverse_kinds, register_inverse_kind
 from .memory import MemoryEstimate
 from .merges import known_merges, register_merge
@@ -39,8 +40,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation", "Add", "CheckpointError", "ConfigError", "CreditRule", "CrossEntropy", "DataError", "Dense",
     "DivergenceError",
-    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "InverseKind", "MSE", "MemoryEstimate", "MemoryLimitError",
+    "Engine", "Graph", "GraphError", "IndexInput", "Input", "Inverse", "InverseKind", "InverseLoss", "MSE", "MemoryEstimate", "MemoryLimitError",
     "Elementwise", "Multiply", "ParamStore", "SRN", "Scale",
-    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_inverse_kind", "get_rule",
-    "known_inverse_kinds", "known_merges", "known_rules", "register_inverse_kind", "register_merge", "register_rule",
+    "SoftmaxOutput", "StepResult", "TPGraphError", "build_srn", "compile_plan", "get_inverse_kind", "get_inverse_loss",
+    "get_rule", "known_inverse_kinds", "known_inverse_losses", "known_merges", "known_rules", "register_inverse_kind",
+    "register_inverse_loss", "register_merge", "register_rule",
 ]

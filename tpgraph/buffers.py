@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nodes import NOISY_LOSSES, Dense, IndexInput
+from .nodes import Dense, IndexInput
 from .plan import Plan, Stack
 
 
@@ -123,13 +123,11 @@ class StackBuffers:
                     sb.fn, sb.fn2 = _pair((m, B, n), dtype)
                     sb.gn, sb.gn2 = _pair((m, B, ns), dtype)
                     sb.aj, sb.aj2 = _pair((m, B, n), dtype)
-                    if slot.inverse.loss in NOISY_LOSSES:
-                        # the loss's gradient at the clean pre-activation (g(f(h_u)))
-                        sb.dgf, sb.dgf2 = _pair((m, B, ns), dtype)
-                    if slot.inverse.loss == "jacobian":  # h_v + eta, g(h_v + eta) and its gradient
-                        sb.ve, sb.ve2 = _pair((m, B, n), dtype)
-                        sb.ge, sb.ge2 = _pair((m, B, ns), dtype)
-                        sb.dge, sb.dge2 = _pair((m, B, ns), dtype)
+                # what the inverse's objective needs beyond these (tpgraph.inverse_losses)
+                for name, width in slot.inverse.loss_impl.buffers(n, ns).items():
+                    a, a2 = _pair((m, B, width), dtype)
+                    setattr(sb, name, a)
+                    setattr(sb, name + "2", a2)
             ctx = slot.context
             if ctx is not None:  # a joint inverse: its siblings' values, targets (noisy values), og at the targets
                 sb.cy, sb.cy2 = _pair((m, B, ctx.size), dtype)
@@ -213,11 +211,8 @@ def buffer_bytes(plan: Plan, B: int, dtype) -> dict[str, int]:
                 if slot.inverse.noise > 0:
                     add(real, 3, m, B, ns)  # noise, xn, gn
                     add(real, 2, m, B, n)  # fn, aj
-                    if slot.inverse.loss in NOISY_LOSSES:
-                        add(real, m, B, ns)  # dgf
-                    if slot.inverse.loss == "jacobian":
-                        add(real, m, B, n)  # ve
-                        add(real, 2, m, B, ns)  # ge, dge
+                for width in slot.inverse.loss_impl.buffers(n, ns).values():
+                    add(real, m, B, width)
             ctx = slot.context
             if ctx is not None:
                 add(real, 2, m, B, ctx.size)  # cy, cz

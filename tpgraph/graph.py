@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import GraphError
+from .inverse_losses import get_inverse_loss
 from .inverses import ANALYTIC_CLIP, ANALYTIC_REG, get_inverse_kind
 from .kernels.activations import ACTIVATIONS
 from .merges import check_merge
@@ -30,8 +31,6 @@ from .nodes import (
     Elementwise,
     IndexInput,
     Input,
-    INVERSE_LOSSES,
-    NOISY_LOSSES,
     Inverse,
     MSE,
     Multiply,
@@ -248,15 +247,13 @@ class Graph:
         if impl.has_params and (not isinstance(weight, str) or not weight
                                 or (bias is not None and (not isinstance(bias, str) or not bias))):
             raise GraphError(f"inverse of node {node!r}: weight and bias must be group names, got {weight!r}, {bias!r}")
-        if loss not in INVERSE_LOSSES:
-            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: unknown loss {loss!r}; "
-                             f"known: {', '.join(INVERSE_LOSSES)}")
-        if loss in NOISY_LOSSES and noise == 0:
+        objective = get_inverse_loss(loss, where)
+        if objective.needs_noise and noise == 0:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss {loss!r} "
                              f"(see tpgraph.nodes.Inverse) is identically 0 without noise; "
                              f"give noise > 0 or use loss 'reconstruction'")
-        if loss == "jacobian" and context is not None:
-            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss 'jacobian' is for an "
+        if not objective.takes_context and context is not None:
+            raise GraphError(f"inverse of node {node!r} with respect to {of!r}: loss {loss!r} is for an "
                              f"inverse without a context (a one-to-one g)")
         if context is not None:
             if not impl.supports_context:

@@ -17,10 +17,9 @@ has, side by side:
     with respect to the node's own parameter groups, summed over the batch
     and accumulated over all nodes sharing a group;
 ``inverse_grads``
-    the reconstruction loss of each inverse and its gradient with respect to
-    the inverse's own groups (``V``, ``c``), with optional denoising noise
-    (or the difference reconstruction loss, for an inverse declared with
-    ``loss="difference"``).
+    the objective of each inverse (:mod:`tpgraph.inverse_losses`:
+    reconstruction by default) and its gradient with respect to the
+    inverse's own groups (``V``, ``c``), with optional denoising noise.
 
 Every array operation is a NumPy BLAS call or a kernel of
 :mod:`tpgraph.kernels`, writing into :mod:`tpgraph.buffers`.
@@ -33,6 +32,7 @@ import abc
 import numpy as np
 
 from .errors import GraphError
+from .inverse_losses import value_features
 from .kernels import dense as kd
 from .kernels import elementwise as ke
 from .kernels import losses as kl
@@ -162,7 +162,7 @@ class DenseRunner:
         other_inputs(eng, st, b, slot, sb)
         if inv.bias:
             sb.og2 += eng.params[inv.bias]
-        np.dot(_value_features(eng, st, b, inv, sb), eng.wt[inv.weight], out=sb.gf2)
+        np.dot(value_features(eng, st, b, inv, sb), eng.wt[inv.weight], out=sb.gf2)
         ctx = slot.context
         if ctx is not None:  # a joint inverse: gf = g(h_v, h_s) with the siblings' values (og keeps without)
             kd.gather_or_zero(sb.cy, eng.buf.stacks[ctx.src].h, ctx.rows)
@@ -267,24 +267,7 @@ class DenseRunner:
                     np.dot(sb.cz2, eng.wt[slot.context.group], out=sb.ogt2)
                     sb.gn2 += sb.ogt2
                 add_bias_activate(sb.gn2, sb.og2, eng.zero_src[slot.src_size], gcode, inv.slope, sb.gn2)
-                if inv.loss == "difference":
-                    self._difference_grads(eng, st, b, inv, sb, gcode, slot.context)
-                    continue
-                if inv.loss == "jacobian":
-                    self._jacobian_grads(eng, st, b, inv, sb, gcode)
-                    continue
-                kd.inverse_residual(sb.gn, sb.xn, gcode, inv.slope, sb.dg, sb.recon)
-                eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
-                if slot.context is not None:
-                    eng.add_grad(slot.context.group, sb.dg2.T, sb.cz2)
-            else:
-                kd.inverse_residual(sb.gf, sb.x, gcode, inv.slope, sb.dg, sb.recon)
-                eng.add_grad(inv.weight, sb.dg2.T, _value_features(eng, st, b, inv, sb))
-                if slot.context is not None:
-                    eng.add_grad(slot.context.group, sb.dg2.T, sb.cy2)
-            if inv.bias:
-                g = eng.grad_target(inv.bias)
-                g += sb.dg2.sum(axis=0)
+            inv.loss_impl.grads(eng, st, b, slot, sb, gcode)  # the objective (tpgraph.inverse_losses)
 
     @staticmethod
     def _noisy_context(eng, slot, sb):
@@ -308,75 +291,6 @@ class DenseRunner:
                 sb.cpre2 += eng.params[snode.bias]
             pre = sb.cpre
         kd.context_activate(sb.cz, pre, ctx.rows, eng.codes[ctx.src], snode.slope)
-
-    @staticmethod
-    def _difference_grads(eng, st, b, inv, sb, gcode, ctx=None):
-        """The difference reconstruction loss (Meulemans et al. 2020) and its gradient for ``V``, ``c``.
-
-        ``L = 1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2`` with ``eps = noise
-        * sb.noise``, ``sb.gn = g(f(h_u + eps))`` (from ``sb.fn``) and ``sb.gf
-        = g(f(h_u)) = g(h_v)`` already computed. The full gradient: through
-        both terms, ``dV = dgn^T f(h_u + eps) + dgf^T h_v`` and ``dc`` the
-        column sums of ``dgn + dgf`` (an inverse with features: ``phi`` of
-        both inputs in place of them, ``sb.fn`` already holding its features).
-        """
-        kd.difference_residual(sb.gn, sb.gf, sb.noise, sb.noise.dtype.type(inv.noise), gcode, inv.slope,
-                               sb.dg, sb.dgf, sb.recon)
-        eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
-        eng.add_grad(inv.weight, sb.dgf2.T, _value_features(eng, st, b, inv, sb))
-        if ctx is not None:  # a joint inverse: through the context at the corrupted and the clean input
-            eng.add_grad(ctx.group, sb.dg2.T, sb.cz2)
-            eng.add_grad(ctx.group, sb.dgf2.T, sb.cy2)
-        _bias_grads(eng, inv, sb.dg2, sb.dgf2)
-
-
-    @staticmethod
-    def _jacobian_grads(eng, st, b, inv, sb, gcode):
-        """The Jacobian-matching loss (Ernoult et al. 2022) and its gradient for ``V``, ``c``.
-
-        ``sb.gn = g(f(h_u + eps))`` and ``sb.gf = g(h_v)`` are computed; this
-        draws ``eta`` (after ``eps``, from the same generator), writes ``sb.ve
-        = h_v + eta`` and ``sb.ge = g(h_v + eta)`` (the other inputs at their
-        forward values, in ``sb.og`` with ``c``), then ``dV = dgn^T f(h_u +
-        eps) + dge^T (h_v + eta) + dgf^T h_v`` and ``dc`` the column sums of
-        the three (:func:`~tpgraph.kernels.dense.jacobian_residual`). An
-        inverse with features reads ``phi`` of each input instead (``sb.ve``
-        then holds ``phi(h_v + eta)``).
-        """
-        sigma = sb.noise.dtype.type(inv.noise)
-        eng.rng.standard_normal(out=sb.ve, dtype=sb.ve.dtype)
-        sb.ve *= sigma
-        sb.ve += b.h
-        inv.impl.features(eng, st, sb.ve2, sb.ve2)
-        np.dot(sb.ve2, eng.wt[inv.weight], out=sb.ge2)
-        add_bias_activate(sb.ge2, sb.og2, eng.zero_src[sb.ge.shape[2]], gcode, inv.slope, sb.ge2)
-        kd.jacobian_residual(sb.gn, sb.gf, sb.ge, sb.noise, sigma, gcode, inv.slope, sb.dg, sb.dgf, sb.dge,
-                             sb.recon)
-        eng.add_grad(inv.weight, sb.dg2.T, sb.fn2)
-        eng.add_grad(inv.weight, sb.dge2.T, sb.ve2)
-        eng.add_grad(inv.weight, sb.dgf2.T, _value_features(eng, st, b, inv, sb))
-        _bias_grads(eng, inv, sb.dg2, sb.dge2, sb.dgf2)
-
-
-def _value_features(eng, st, b, inv, sb):
-    """The inverse's input at the forward values: ``phi(h_v)`` in ``sb.fh`` for a kind with features, else ``h_v``.
-
-    ``sb.fh`` is written once per step (``sb.ready`` false), then reused by
-    the inverse's training.
-    """
-    if sb.fh2 is None:
-        return b.h2
-    if not sb.ready:
-        inv.impl.features(eng, st, b.h2, sb.fh2)
-    return sb.fh2
-
-
-def _bias_grads(eng, inv, *pre_grads):
-    """Add the column sums of the inverse's pre-activation gradients to its bias ``c`` (if it has one)."""
-    if inv.bias:
-        g = eng.grad_target(inv.bias)
-        for d in pre_grads:
-            g += d.sum(axis=0)
 
 
 class AddRunner(DataRunner):

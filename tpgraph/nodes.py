@@ -29,14 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import GraphError
+from .inverse_losses import get_inverse_loss, known_inverse_losses
 from .inverses import ANALYTIC_CLIP, ANALYTIC_REG, get_inverse_kind
 from .kernels.activations import ACTIVATIONS
 from .rules import get_rule
 REDUCTIONS = ("mean", "sum")
-#: Objectives that train a learned inverse (see :class:`Inverse`).
-INVERSE_LOSSES = ("reconstruction", "difference", "jacobian")
+#: Objectives that train a learned inverse (see :class:`Inverse`; the built-in losses of
+#: :mod:`tpgraph.inverse_losses`, at import).
+INVERSE_LOSSES = tuple(known_inverse_losses())
 #: The inverse losses that are identically 0 (or undefined) without noise.
-NOISY_LOSSES = ("difference", "jacobian")
+NOISY_LOSSES = tuple(name for name in INVERSE_LOSSES if get_inverse_loss(name).needs_noise)
 
 
 def _check_name(name, what):
@@ -150,6 +152,11 @@ class Inverse:
     def impl(self):
         """The :class:`~tpgraph.inverses.InverseKind` object of ``kind`` (what it needs, how it proposes)."""
         return get_inverse_kind(self.kind, f"inverse with respect to {self.of!r}")
+
+    @property
+    def loss_impl(self):
+        """The :class:`~tpgraph.inverse_losses.InverseLoss` object of ``loss`` (what trains ``g``)."""
+        return get_inverse_loss(self.loss, f"inverse with respect to {self.of!r}")
 
     def __repr__(self):
         if not self.impl.has_params:

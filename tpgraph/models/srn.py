@@ -32,7 +32,7 @@ from ..graph import Graph
 from ..kernels.losses import argmax_rows
 from ..memory import STRUCTURE_BYTES_PER_NODE, MemoryEstimate, check_memory, parse_bytes
 from ..inverses import ANALYTIC_REG, get_inverse_kind, known_inverse_kinds
-from ..nodes import INVERSE_LOSSES, NOISY_LOSSES
+from ..inverse_losses import get_inverse_loss, known_inverse_losses
 from ..params import ParamStore
 from ..plan import Plan, compile_plan, paused_gc
 from ..rules import get_rule
@@ -70,10 +70,10 @@ OUTPUTS = ("softmax", "linear")
 
 
 def _check_inverse_loss(inverse_loss, noise, noise_name):
-    """Refuse an unknown inverse loss, and the difference loss without noise (it is identically 0)."""
-    if inverse_loss not in INVERSE_LOSSES:
-        raise ConfigError(f"SRN: inverse_loss must be one of {INVERSE_LOSSES}, got {inverse_loss!r}")
-    if inverse_loss in NOISY_LOSSES and not noise > 0:
+    """Refuse an unknown inverse loss, and a loss that needs noise without it (it is identically 0)."""
+    if inverse_loss not in known_inverse_losses():
+        raise ConfigError(f"SRN: inverse_loss must be one of {tuple(known_inverse_losses())}, got {inverse_loss!r}")
+    if get_inverse_loss(inverse_loss).needs_noise and not noise > 0:
         raise ConfigError(f"SRN: inverse_loss {inverse_loss!r} needs {noise_name} > 0 (got {noise!r}): without "
                           f"noise the loss is identically 0")
 

@@ -452,9 +452,9 @@ class Config:
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
-        from ..nodes import NOISY_LOSSES
+        from ..inverse_losses import get_inverse_loss
 
-        if self.method.inverse_loss in NOISY_LOSSES and self.method.noise_sigma <= 0:
+        if get_inverse_loss(self.method.inverse_loss).needs_noise and self.method.noise_sigma <= 0:
             raise ConfigError(f"method.inverse_loss = \"{self.method.inverse_loss}\" needs method.noise_sigma > 0 "
                               f"(got {self.method.noise_sigma:g}): without noise the loss is identically 0; set "
                               "method.noise_sigma or use method.inverse_loss = \"reconstruction\"")
