@@ -15,6 +15,7 @@ from tpgraph.inverse_losses import LOSS_BUFFERS, InverseLoss, ReconstructionLoss
 from tpgraph.kernels import dense as kd
 from tpgraph.models.srn import SRN
 from tpgraph.nodes import INVERSE_LOSSES, NOISY_LOSSES
+from tpgraph.train import Config
 
 
 def test_builtins_and_their_properties():
@@ -54,6 +55,8 @@ def test_registry_refusals():
         g.add_inverse("b", of="a", weight="V", loss="nope")
     with pytest.raises(ConfigError, match="inverse_loss must be one of"):
         SRN(3, 4, 3, inverse_loss="nope")
+    with pytest.raises(ConfigError, match="method.inverse_loss must be one of 'reconstruction'"):
+        Config.from_dict({"method": {"inverse_loss": "nope"}})
 
 
 class WeightedReconstruction(InverseLoss):
@@ -88,6 +91,9 @@ def test_a_registered_loss_trains_the_inverse():
         eng.step(batch, apply=False)
         return eng
 
+    # the configuration takes it too (its choices are the registry's at validation)
+    assert Config.from_dict({"method": {"inverse_loss": WeightedReconstruction.name}}).method.inverse_loss \
+        == WeightedReconstruction.name
     plain, weighted = step("reconstruction"), step(WeightedReconstruction.name)
     for k in ("V_h", "c_h"):
         np.testing.assert_allclose(weighted.grads[k], 3.0 * plain.grads[k], rtol=1e-12, atol=1e-14)

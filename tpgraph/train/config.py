@@ -127,11 +127,6 @@ def _task_names() -> tuple[str, ...]:
     return tuple(sorted(TASKS))
 
 
-def _inverse_losses() -> tuple[str, ...]:
-    from ..nodes import INVERSE_LOSSES
-    return INVERSE_LOSSES
-
-
 def _optimizer_names() -> tuple[str, ...]:
     from ..optim import OPTIMIZERS
     return tuple(OPTIMIZERS)
@@ -220,8 +215,8 @@ class MethodConfig:
                              "loss of Meulemans et al. 2020, 1/2 ||G(F(h + eps)) - G(F(h)) - eps||^2; needs "
                              "method.noise_sigma > 0), or jacobian (Ernoult et al. 2022: trains G's Jacobian "
                              "towards the transpose of F's, so that dtp's targets approach backpropagation's "
-                             "steps; needs method.noise_sigma > 0; see tpgraph.nodes.Inverse)",
-                             choices=_inverse_losses())
+                             "steps; needs method.noise_sigma > 0; see tpgraph.nodes.Inverse), or a name "
+                             "registered with tpgraph.register_inverse_loss")
     inverse: str = _opt(str, "learned", "TP's inverse G of the tanh layer: learned (V_h, c_h, trained after the "
                         "warm-up) or analytic (Roulet & Harchaoui: (W_h^T W_h + inverse_reg I)^-1 W_h^T (atanh(h_t) "
                         "- W_xh x_t - b_h) from the live W_h; no parameters, no training, no warm-up) or joint "
@@ -452,8 +447,11 @@ class Config:
         if self.method.merge not in known_merges():
             raise ConfigError(f"method.merge must be one of {', '.join(map(repr, known_merges()))}, "
                               f"got {self.method.merge!r}")
-        from ..inverse_losses import get_inverse_loss
+        from ..inverse_losses import get_inverse_loss, known_inverse_losses
 
+        if self.method.inverse_loss not in known_inverse_losses():
+            raise ConfigError(f"method.inverse_loss must be one of {', '.join(map(repr, known_inverse_losses()))}, "
+                              f"got {self.method.inverse_loss!r}")
         if get_inverse_loss(self.method.inverse_loss).needs_noise and self.method.noise_sigma <= 0:
             raise ConfigError(f"method.inverse_loss = \"{self.method.inverse_loss}\" needs method.noise_sigma > 0 "
                               f"(got {self.method.noise_sigma:g}): without noise the loss is identically 0; set "
