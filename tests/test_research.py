@@ -1,13 +1,15 @@
 """tpgraph research: variants searched like their baselines, one table, the written reading kept."""
 
 import csv
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tpgraph.errors import ConfigError
 from tpgraph.studies.research import (CSV_COLUMNS, RESEARCH_BUDGETS, TASKS, VARIANTS, _final_run_dir, _root_for, _spec,
                                       inspect_cell, run_variant, write_table)
-from tpgraph.train.records import read_summary
+from tpgraph.train.records import load_npz, read_summary
 from tpgraph.studies.spec import parse_spec
 
 
@@ -66,6 +68,21 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     assert info["best_val_loss"] == first["best"]["val_loss"]
     assert info["final_val_loss"] == first["final"]["val_loss"]
     assert 0.0 <= info["angle_W_h_late"] <= 180.0
+    # the inverse's distance from the transpose, from the inspected run's final weights
+    w = load_npz(Path(info["run_dir"]) / "weights.npz")
+    assert info["transpose_gap"] == pytest.approx(np.linalg.norm(w["V_h"] - w["W_h"].T) / np.linalg.norm(w["W_h"]))
+
+
+def test_transpose_gap(tmp_path):
+    from tpgraph.studies.research import _transpose_gap
+
+    W = np.random.default_rng(0).normal(size=(4, 4))
+    assert np.isnan(_transpose_gap(tmp_path))  # no weights
+    for V, want in ((W.T, 0.0), (np.zeros((4, 4)), 1.0), (2 * W.T, 1.0)):
+        np.savez(tmp_path / "weights.npz", V_h=V, W_h=W)
+        assert _transpose_gap(tmp_path) == pytest.approx(want)
+    np.savez(tmp_path / "weights.npz", W_h=W)  # BPTT, the analytic inverse: no V_h
+    assert np.isnan(_transpose_gap(tmp_path))
 
 
 def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path):

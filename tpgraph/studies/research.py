@@ -651,6 +651,7 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
             "local_median": float(np.median(local)) if local.size else math.nan,
             "rho_W_h_final": (summary.get("final") or {}).get("spectral_radius_W_h")}
     info.update(_position_errors(cfg, run))
+    info["transpose_gap"] = _transpose_gap(run)
     apath = run / "alignment.csv"
     if apath.exists():
         a = read_metrics_csv(apath)
@@ -661,6 +662,26 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
                 info[f"{col}_early"] = float(np.mean(_finite(a[col][late & ~half]))) if (late & ~half).any() else math.nan
                 info[f"{col}_late"] = float(np.mean(_finite(a[col][half]))) if half.any() else math.nan
     return info
+
+
+def _transpose_gap(run: Path) -> float:
+    """``||V_h - W_h^T||_F / ||W_h||_F`` of the run's final weights: how far the inverse is from the transpose.
+
+    The adjoint inverse's Jacobian-matching optimum is ``V_h = W_h^T``
+    (:class:`~tpgraph.inverses.AdjointInverse`); for the learned inverse it
+    says how far ``V_h`` is from what it would have to be near. NaN without
+    weights or without ``V_h`` (BPTT, the analytic inverse).
+    """
+    from ..train.records import load_npz
+
+    path = run / "weights.npz"
+    if not path.exists():
+        return math.nan
+    w = load_npz(path)
+    if "V_h" not in w or "W_h" not in w or w["V_h"].shape != w["W_h"].T.shape:
+        return math.nan
+    V, W = np.asarray(w["V_h"], dtype=np.float64), np.asarray(w["W_h"], dtype=np.float64)
+    return float(np.linalg.norm(V - W.T) / np.linalg.norm(W))
 
 
 def _position_errors(cfg, run: Path) -> dict:
@@ -698,14 +719,17 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
              "`method.inverse_loss = \"jacobian\"` is negative once matched) and the last value. Local loss: the mean over the hidden steps of "
              "1/2 ||h_hat - h||^2 per sequence (how far the targets ask the states to move), median. Error by "
              "position: the percentage of validation sequences wrong at an output step, averaged over the first, "
-             "middle and last third of the steps, for the final weights (- : inspected before it was measured)."
+             "middle and last third of the steps, for the final weights (- : inspected before it was measured). "
+             "V_h gap: ||V_h - W_h^T|| / ||W_h|| (Frobenius) of the final weights, how far the inverse's weight is "
+             "from the transpose, which the adjoint inverse's Jacobian-matching loss makes its optimum (- : no "
+             "V_h, or inspected before it was measured)."
              + (" Cells inspected on other days: " + "; ".join(
                  f"{i['variant']} ({i['task'].replace('_', ' ')} {i['T']}, {i['date']})" for i in older) + "."
                  if older else ""), "",
              "| task | T | variant | best val loss (batch) | final val loss | angle W_h early / late | "
              "angle h mean early / late | recon median | recon largest rise | recon last | local median | "
-             "rho(W_h) last | error % by position (thirds) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "rho(W_h) last | V_h gap | error % by position (thirds) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in infos:
         def ang(c):
             e, l_ = i.get(f"{c}_early", math.nan), i.get(f"{c}_late", math.nan)
@@ -714,7 +738,8 @@ def inspect_markdown(infos: list[dict], meta: dict) -> str:
                      f"({i['best_batch']}) | {fmt_value(i['final_val_loss'])} | {ang('angle_W_h')} | "
                      f"{ang('angle_h_mean')} | {fmt_value(i['recon_median'])} | {fmt_value(i['recon_jump'])}x | "
                      f"{fmt_value(i['recon_final'])} | {fmt_value(i['local_median'])} | "
-                     f"{fmt_value(i['rho_W_h_final'])} | {_thirds(i)} |")
+                     f"{fmt_value(i['rho_W_h_final'])} | {fmt_value(i.get('transpose_gap', math.nan))} | "
+                     f"{_thirds(i)} |")
     lines += ["", INSPECT_END]
     return "\n".join(lines)
 
