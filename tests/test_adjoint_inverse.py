@@ -15,6 +15,7 @@ import tomllib
 import numpy as np
 import pytest
 from numeric import central_differences
+from test_tp_reference import reference_step_targets
 
 import tpgraph as tp
 from tpgraph.buffers import Buffers, buffer_bytes
@@ -100,16 +101,7 @@ def reference(P, x, y, loss, noise=None, eta=None, phi=tanh_features):
     def adjoint_g(v, X, P):
         return phi(v) @ P["V_h"].T + X @ P["W_xh"].T + P["c_h"]
 
-    X = np.eye(N_IN)[x]
-    h = [np.zeros((B, H))]
-    for t in range(L):
-        h.append(np.tanh(X[t] @ P["W_xh"].T + h[-1] @ P["W_h"].T + P["b_h"]))
-    e = []
-    for t in range(L):
-        z = h[t + 1] @ P["W_hy"].T + P["b_y"]
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        e.append(-ALPHA * ((p - np.eye(N_OUT)[y[t]]) / B) @ P["W_hy"])
+    X, h, e = reference_step_targets(P, x, y, ALPHA, N_IN, N_OUT)
     hat = [None] * (L + 1)
     hat[L] = h[L] + e[L - 1]
     for t in range(L, 1, -1):
