@@ -42,6 +42,7 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import GraphError
+from .registry import Registry
 from .kernels import dense as kd
 from .kernels.activations import add_bias_activate
 
@@ -176,7 +177,7 @@ class JacobianLoss(InverseLoss):
 
 
 # ---------------------------------------------------------------------- the registry
-_REGISTRY: dict[str, InverseLoss] = {}
+_REGISTRY: Registry[InverseLoss] = Registry("inverse loss", InverseLoss, "register_inverse_loss")
 
 
 def register_inverse_loss(loss: InverseLoss | type, overwrite: bool = False) -> InverseLoss:
@@ -188,33 +189,22 @@ def register_inverse_loss(loss: InverseLoss | type, overwrite: bool = False) -> 
     """
     if isinstance(loss, type) and issubclass(loss, InverseLoss):
         loss = loss()
-    if not isinstance(loss, InverseLoss):
-        raise GraphError(f"register_inverse_loss expects an InverseLoss (instance or subclass), got {loss!r}")
-    name = loss.name
-    if not isinstance(name, str) or not name:
-        raise GraphError(f"inverse loss {type(loss).__name__} has no name (set the class attribute 'name')")
-    if name in _REGISTRY and not overwrite:
-        raise GraphError(f"inverse loss {name!r} is already registered")
-    unknown = set(loss.buffers(1, 1)) - set(LOSS_BUFFERS)
-    if unknown:
-        raise GraphError(f"inverse loss {name!r} asks for buffers {sorted(unknown)}; a loss may use "
-                         f"{', '.join(LOSS_BUFFERS)}")
-    _REGISTRY[name] = loss
-    return loss
+    if isinstance(loss, InverseLoss):
+        unknown = set(loss.buffers(1, 1)) - set(LOSS_BUFFERS)
+        if unknown:
+            raise GraphError(f"inverse loss {loss.name!r} asks for buffers {sorted(unknown)}; a loss may use "
+                             f"{', '.join(LOSS_BUFFERS)}")
+    return _REGISTRY.register(loss, overwrite)
 
 
 def known_inverse_losses() -> list[str]:
     """Names of all registered inverse losses, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.known()
 
 
 def get_inverse_loss(name, where: str | None = None) -> InverseLoss:
     """The loss registered as ``name``; a GraphError naming ``where`` and listing the known losses otherwise."""
-    loss = _REGISTRY.get(name) if isinstance(name, str) else None
-    if loss is None:
-        prefix = f"{where}: " if where else ""
-        raise GraphError(f"{prefix}unknown inverse loss {name!r}; known: {', '.join(_REGISTRY)}")
-    return loss
+    return _REGISTRY.get(name, where)
 
 
 for _cls in (ReconstructionLoss, DifferenceLoss, JacobianLoss):

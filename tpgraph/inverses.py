@@ -49,6 +49,7 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import GraphError
+from .registry import Registry
 from .kernels import dense as kd
 from .kernels.activations import ACTIVATIONS, IDENTITY, feature_sum
 
@@ -407,7 +408,7 @@ class AnalyticInverse(InverseKind):
 
 
 # ---------------------------------------------------------------------- the registry
-_REGISTRY: dict[str, InverseKind] = {}
+_REGISTRY: Registry[InverseKind] = Registry("inverse kind", InverseKind, "register_inverse_kind")
 
 
 def register_inverse_kind(kind: InverseKind | type, overwrite: bool = False) -> InverseKind:
@@ -416,31 +417,17 @@ def register_inverse_kind(kind: InverseKind | type, overwrite: bool = False) -> 
     Returns the registered instance. Raises :class:`~tpgraph.errors.GraphError`
     if the name is taken (unless ``overwrite``) or the object is not a kind.
     """
-    if isinstance(kind, type) and issubclass(kind, InverseKind):
-        kind = kind()
-    if not isinstance(kind, InverseKind):
-        raise GraphError(f"register_inverse_kind expects an InverseKind (instance or subclass), got {kind!r}")
-    name = kind.name
-    if not isinstance(name, str) or not name:
-        raise GraphError(f"inverse kind {type(kind).__name__} has no name (set the class attribute 'name')")
-    if name in _REGISTRY and not overwrite:
-        raise GraphError(f"inverse kind {name!r} is already registered")
-    _REGISTRY[name] = kind
-    return kind
+    return _REGISTRY.register(kind, overwrite)
 
 
 def known_inverse_kinds() -> list[str]:
     """Names of all registered inverse kinds, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.known()
 
 
 def get_inverse_kind(name, where: str | None = None) -> InverseKind:
     """The kind registered as ``name``; a GraphError naming ``where`` and listing the known kinds otherwise."""
-    kind = _REGISTRY.get(name) if isinstance(name, str) else None
-    if kind is None:
-        prefix = f"{where}: " if where else ""
-        raise GraphError(f"{prefix}unknown inverse kind {name!r}; known: {', '.join(_REGISTRY)}")
-    return kind
+    return _REGISTRY.get(name, where)
 
 
 for _cls in (LearnedInverse, AnalyticInverse, AdjointInverse):

@@ -46,6 +46,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from .errors import GraphError
+from .registry import Registry
 from .kernels import dense as kd
 
 
@@ -344,7 +345,7 @@ class DifferenceTargetPropAfter(DifferenceTargetProp):
 
 
 # ---------------------------------------------------------------------- the registry
-_REGISTRY: dict[str, CreditRule] = {}
+_REGISTRY: Registry[CreditRule] = Registry("credit rule", CreditRule, "register_rule")
 
 
 def register_rule(rule: CreditRule | type, overwrite: bool = False) -> CreditRule:
@@ -353,31 +354,17 @@ def register_rule(rule: CreditRule | type, overwrite: bool = False) -> CreditRul
     Returns the registered instance. Raises :class:`~tpgraph.errors.GraphError`
     if the name is taken (unless ``overwrite``) or the object is not a rule.
     """
-    if isinstance(rule, type) and issubclass(rule, CreditRule):
-        rule = rule()
-    if not isinstance(rule, CreditRule):
-        raise GraphError(f"register_rule expects a CreditRule (instance or subclass), got {rule!r}")
-    name = rule.name
-    if not isinstance(name, str) or not name:
-        raise GraphError(f"credit rule {type(rule).__name__} has no name (set the class attribute 'name')")
-    if name in _REGISTRY and not overwrite:
-        raise GraphError(f"credit rule {name!r} is already registered")
-    _REGISTRY[name] = rule
-    return rule
+    return _REGISTRY.register(rule, overwrite)
 
 
 def known_rules() -> list[str]:
     """Names of all registered credit rules, in registration order."""
-    return list(_REGISTRY)
+    return _REGISTRY.known()
 
 
 def get_rule(name, where: str | None = None) -> CreditRule:
     """The rule registered as ``name``; a GraphError naming ``where`` and listing the known rules otherwise."""
-    rule = _REGISTRY.get(name) if isinstance(name, str) else None
-    if rule is None:
-        prefix = f"{where}: " if where else ""
-        raise GraphError(f"{prefix}unknown credit rule {name!r}; known: {', '.join(_REGISTRY)}")
-    return rule
+    return _REGISTRY.get(name, where)
 
 
 for _cls in (DifferenceTargetProp, TargetProp, Gradient, FeedbackAlignment, NoCredit, DifferenceTargetPropAfter):
