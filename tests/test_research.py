@@ -73,16 +73,16 @@ def test_smoke_comparison_writes_the_table_and_keeps_the_reading(tmp_path):
     assert info["transpose_gap"] == pytest.approx(np.linalg.norm(w["V_h"] - w["W_h"].T) / np.linalg.norm(w["W_h"]))
 
 
-def test_transpose_gap(tmp_path):
-    from tpgraph.studies.research import _transpose_gap
+def testtranspose_gap(tmp_path):
+    from tpgraph.studies.research import transpose_gap
 
     W = np.random.default_rng(0).normal(size=(4, 4))
-    assert np.isnan(_transpose_gap(tmp_path))  # no weights
+    assert np.isnan(transpose_gap(tmp_path))  # no weights
     for V, want in ((W.T, 0.0), (np.zeros((4, 4)), 1.0), (2 * W.T, 1.0)):
         np.savez(tmp_path / "weights.npz", V_h=V, W_h=W)
-        assert _transpose_gap(tmp_path) == pytest.approx(want)
+        assert transpose_gap(tmp_path) == pytest.approx(want)
     np.savez(tmp_path / "weights.npz", W_h=W)  # BPTT, the analytic inverse: no V_h
-    assert np.isnan(_transpose_gap(tmp_path))
+    assert np.isnan(transpose_gap(tmp_path))
 
 
 def test_table_keeps_earlier_rows_and_redraws_plots_from_stored_curves(tmp_path):

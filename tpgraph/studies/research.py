@@ -657,7 +657,7 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
             "local_median": float(np.median(local)) if local.size else math.nan,
             "rho_W_h_final": (summary.get("final") or {}).get("spectral_radius_W_h")}
     info.update(_position_errors(cfg, run))
-    info["transpose_gap"] = _transpose_gap(run)
+    info["transpose_gap"] = transpose_gap(run)
     apath = run / "alignment.csv"
     if apath.exists():
         a = read_metrics_csv(apath)
@@ -670,7 +670,7 @@ def inspect_cell(folder: str | Path, variant: str, task: str, T: int, *, points:
     return info
 
 
-def _transpose_gap(run: Path) -> float:
+def transpose_gap(run: Path) -> float:
     """``||V_h - W_h^T||_F / ||W_h||_F`` of the run's final weights: how far the inverse is from the transpose.
 
     The adjoint inverse's Jacobian-matching optimum is ``V_h = W_h^T``
