@@ -257,12 +257,16 @@ def test_refusals():
     g.dense("b", ["a"], 3, weights=["W"])
     g.input("s", 3)
     with pytest.raises(GraphError, match="its act must be 'identity'"):
-        g.add_inverse("b", of="a", weight="V", kind="adjoint")
+        g.add_inverse("b", of="a", weight="V", kind="adjoint", act="tanh")
     with pytest.raises(GraphError, match="takes no context"):
         g.add_inverse("b", of="a", weight="V", kind="adjoint", act="identity", context="V_s")
     with pytest.raises(ConfigError, match="method.inverse"):
         Config.from_dict({"method": {"inverse": "adjoin"}})
     assert isinstance(get_inverse_kind("adjoint"), AdjointInverse)
+    g.add_inverse("b", of="a", weight="V", kind="adjoint")  # act left out: the kind's own
+    assert g.node("b").inverses["a"].act == "identity"
+    g.add_inverse("b", of="a", weight="V")
+    assert g.node("b").inverses["a"].act == "tanh"
 
 
 def test_srn_shares_the_learned_models_initialisation_and_config_round_trip():

@@ -198,7 +198,7 @@ class Graph:
         """Declare a squared-error loss ``1/2 ||prediction - target||^2`` per sample."""
         self.add(MSE(name, (prediction, target), (rule, "none"), reduction=reduction, alpha=alpha))
 
-    def add_inverse(self, node: str, of: str, weight: str | None = None, bias: str | None = None, act: str = "tanh",
+    def add_inverse(self, node: str, of: str, weight: str | None = None, bias: str | None = None, act: str | None = None,
                     others: str = "forward", noise: float = 0.0, slope: float = 0.01,
                     loss: str = "reconstruction", kind: str = "learned", reg: float = ANALYTIC_REG,
                     clip: float = ANALYTIC_CLIP, context: str | None = None,
@@ -212,14 +212,20 @@ class Graph:
         ``loss`` is the objective that trains ``g``: ``"reconstruction"``
         (``1/2 ||g(f(h_u + eps)) - (h_u + eps)||^2``) or ``"difference"``
         (``1/2 ||g(f(h_u + eps)) - g(f(h_u)) - eps||^2``, Meulemans et al.
-        2020; needs ``noise > 0``). See :class:`~tpgraph.nodes.Inverse`.
+        2020; needs ``noise > 0``) or ``"jacobian"`` (Ernoult et al. 2022;
+        needs ``noise > 0``), or a loss registered with
+        :func:`~tpgraph.inverse_losses.register_inverse_loss`. See
+        :class:`~tpgraph.nodes.Inverse`. ``act`` defaults to the kind's own
+        (``identity`` for the adjoint kind), else ``"tanh"``.
 
         ``kind`` names the inverse kind (:mod:`tpgraph.inverses`): ``"learned"``
-        (the above) or ``"analytic"``, the regularised inverse of a tanh node
+        (the above), ``"adjoint"`` (``g(h) = V phi(h) + others + c``, linear in
+        the node's adjoint features, ``phi(h) = h - h^3/3`` for tanh; trained
+        like the learned kind) or ``"analytic"``, the regularised inverse of a tanh node
         ``(W_u^T W_u + reg I)^-1 W_u^T (atanh(clip(h)) - others - b)``, which
         takes no ``weight``, ``bias`` or ``noise`` (nothing is trained) and uses
         ``reg > 0`` and ``clip`` (atanh's argument into ``[-1 + clip, 1 - clip]``);
-        ``reg`` and ``clip`` are ignored by the learned kind.
+        ``reg`` and ``clip`` are ignored by the other kinds.
 
         ``context`` (a group name, learned kind only) makes ``g`` a many-to-one
         ("joint") inverse that also reads the value, and at the targets the
@@ -236,6 +242,8 @@ class Graph:
             raise GraphError(f"inverse of node {node!r} with respect to {of!r}: {of!r} is not one of its inputs {list(n.inputs)}")
         where = f"inverse of node {node!r} with respect to {of!r}"
         impl = get_inverse_kind(kind, where)
+        if act is None:  # the kind's own (identity for the adjoint inverse), else tanh
+            act = impl.fixed_act or "tanh"
         if act not in ACTIVATIONS:
             raise GraphError(f"inverse of node {node!r}: unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
         if others not in ("forward", "none"):
