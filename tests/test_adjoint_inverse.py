@@ -46,20 +46,33 @@ def test_features_derivative_is_the_activations_derivative_through_its_output(ac
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", list(ACTS) + ["tanh_fast"])
-def test_feature_kernel_matches_reference(dtype, act):
+@pytest.mark.parametrize("clamp", [False, True])
+def test_feature_kernel_matches_reference(dtype, act, clamp):
     rng = np.random.default_rng(2)
-    a, b = rng.uniform(-1.5, 1.5, (2, 6, 9)).astype(dtype)
+    a, b = rng.uniform(-1.5, 1.5, (2, 6, 9)).astype(dtype)  # sums out of tanh's and the sigmoid's ranges too
     code = ka.TANH_FAST if act == "tanh_fast" else ka.ACTIVATIONS[act]
     ref_act = "tanh" if act == "tanh_fast" else act
     out = np.empty_like(a)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-14)
-    ka.feature_sum(a, b, code, 0.07, out)
-    np.testing.assert_allclose(out, adjoint_features(a.astype(np.float64) + b, ref_act, 0.07), **tol)
-    ka.feature_sum(a, None, code, 0.07, out)
-    np.testing.assert_allclose(out, adjoint_features(a.astype(np.float64), ref_act, 0.07), **tol)
+    ka.feature_sum(a, b, code, 0.07, clamp, out)
+    np.testing.assert_allclose(out, adjoint_features(a.astype(np.float64) + b, ref_act, 0.07, clamp), **tol)
+    ka.feature_sum(a, None, code, 0.07, clamp, out)
+    np.testing.assert_allclose(out, adjoint_features(a.astype(np.float64), ref_act, 0.07, clamp), **tol)
     if act == "identity":  # code IDENTITY is the plain sum: the learned kind's input
-        ka.feature_sum(a, b, code, 0.07, out)
+        ka.feature_sum(a, b, code, 0.07, clamp, out)
         np.testing.assert_array_equal(out, a + b)
+
+
+@pytest.mark.parametrize("act, lo, hi", [("tanh", -1.0, 1.0), ("sigmoid", 0.0, 1.0)])
+def test_clamped_features_are_flat_outside_the_range_and_equal_inside(act, lo, hi):
+    x = np.linspace(lo - 2, hi + 2, 401)
+    inside = (x >= lo) & (x <= hi)
+    np.testing.assert_array_equal(adjoint_features(x[inside], act, clamp=True), adjoint_features(x[inside], act))
+    assert np.all(adjoint_features(x[x > hi], act, clamp=True) == adjoint_features(hi, act))
+    assert np.all(adjoint_features(x[x < lo], act, clamp=True) == adjoint_features(lo, act))
+    # the plain tanh feature turns back beyond 1 and grows as -h^3/3: what the clamp removes
+    if act == "tanh":
+        assert adjoint_features(10.0, act) < -300 and adjoint_features(10.0, act, clamp=True) == pytest.approx(2 / 3)
 
 
 def test_jacobian_is_the_transpose_at_v_equals_w_transpose():
@@ -95,13 +108,17 @@ def tanh_features(v):
     return adjoint_features(v, "tanh")
 
 
-def reference(P, x, y, loss, noise=None, eta=None, phi=tanh_features):
+def clamped_tanh_features(v):
+    return adjoint_features(v, "tanh", clamp=True)
+
+
+def reference(P, x, y, loss, noise=None, eta=None, phi=tanh_features, alpha=ALPHA):
     """Forward, DTP targets with the linear merge, and the inverse's gradients (``loss``), all in NumPy."""
 
     def adjoint_g(v, X, P):
         return phi(v) @ P["V_h"].T + X @ P["W_xh"].T + P["c_h"]
 
-    X, h, e = reference_step_targets(P, x, y, ALPHA, N_IN, N_OUT)
+    X, h, e = reference_step_targets(P, x, y, alpha, N_IN, N_OUT)
     hat = [None] * (L + 1)
     hat[L] = h[L] + e[L - 1]
     for t in range(L, 1, -1):
@@ -131,10 +148,10 @@ def reference(P, x, y, loss, noise=None, eta=None, phi=tanh_features):
     return h, hat, dV, dc
 
 
-def engine_step(loss, dtype="float64", merge="linear"):
-    g = tp.build_srn(L, N_IN, H, N_OUT, dtype=dtype, noise=SIGMA, inverse="adjoint", inverse_loss=loss,
+def engine_step(loss, dtype="float64", merge="linear", kind="adjoint", alpha=ALPHA):
+    g = tp.build_srn(L, N_IN, H, N_OUT, dtype=dtype, noise=SIGMA, inverse=kind, inverse_loss=loss,
                      merge=merge)
-    eng = tp.Engine(g, alpha=ALPHA, seed=SEED, fast_tanh=False)
+    eng = tp.Engine(g, alpha=alpha, seed=SEED, fast_tanh=False)
     rng = np.random.default_rng(SEED + 1)
     for k in eng.params:  # random weights, not just the init
         eng.params[k] = rng.normal(0, 0.4, eng.params[k].shape).astype(dtype)
@@ -163,6 +180,21 @@ def test_engine_matches_numpy_reference(loss, dtype, tol):
     _, hat_lin, dV_lin, _ = reference(P, x, y, loss, noise, eta, phi=lambda v: v)
     assert np.abs(eng.grads["V_h"] - dV_lin).max() > 100 * tol * scale
     assert np.abs(eng.target("h_1") - hat_lin[1]).max() > 100 * tol
+
+
+@pytest.mark.parametrize("loss", ["reconstruction", "jacobian"])
+def test_clamped_kind_matches_numpy_reference_with_targets_out_of_range(loss):
+    """A large step size sends targets outside (-1, 1): the clamped kind follows its reference, not the plain one."""
+    eng, P, x, y, noise, eta = engine_step(loss, kind="adjoint_clamped", alpha=30.0)
+    h, hat, dV, dc = reference(P, x, y, loss, noise, eta, phi=clamped_tanh_features, alpha=30.0)
+    _, hat_plain, _, _ = reference(P, x, y, loss, noise, eta, alpha=30.0)
+    assert max(np.abs(hat[t]).max() for t in range(1, L + 1)) > 1.5  # the targets did leave the range
+    for t in range(1, L + 1):
+        np.testing.assert_allclose(eng.target(f"h_{t}"), hat[t], rtol=1e-10, atol=1e-10)
+    scale = np.abs(dV).max()
+    np.testing.assert_allclose(eng.grads["V_h"], dV, rtol=1e-10, atol=1e-10 * scale)
+    np.testing.assert_allclose(eng.grads["c_h"], dc, rtol=1e-10, atol=1e-10 * scale)
+    assert max(np.abs(hat[t] - hat_plain[t]).max() for t in range(1, L + 1)) > 1e-3
 
 
 @pytest.mark.parametrize("merge", ["clipped", "mean"])

@@ -50,7 +50,7 @@ def test_scans_match_np_dot_versions(dtype):
     out = []
     for f in (kd.scan_inverse, kd.scan_inverse_cblas):
         d, p = d0.copy(), np.zeros((m, B, n), dtype)
-        args = (d, h1, wt, og, gf, code, 0.01, code, 0.01, inv, m - 1, 1, True, p, np.zeros((B, n), dtype))
+        args = (d, h1, wt, og, gf, code, 0.01, code, 0.01, False, inv, m - 1, 1, True, p, np.zeros((B, n), dtype))
         f(*args) if f is kd.scan_inverse else f(g, one, zero, *args)
         out.append((d, p))
     for x, y in zip(*out):

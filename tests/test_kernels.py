@@ -350,18 +350,19 @@ def _pre(hext, a, bias, w, k):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("difference", [True, False])
-@pytest.mark.parametrize("gname,fname", [("tanh", "identity"), ("identity", "identity"), ("identity", "tanh"),
-                                         ("tanh", "sigmoid")])
-def test_scan_inverse_matches_loop(dtype, difference, gname, fname):
-    """The chain scan of a learned (features ``identity``) or adjoint inverse against a NumPy loop."""
+@pytest.mark.parametrize("gname,fname,clamp", [("tanh", "identity", False), ("identity", "identity", False),
+                                               ("identity", "tanh", False), ("tanh", "sigmoid", False),
+                                               ("identity", "tanh", True), ("identity", "sigmoid", True)])
+def test_scan_inverse_matches_loop(dtype, difference, gname, fname, clamp):
+    """The chain scan of a learned (features ``identity``) or adjoint inverse (clamped or not) against a NumPy loop."""
     rng, hext, a, bias, w = chain_case(dtype, seed=22)
     hext = forward_chain(hext, a, bias, w, "tanh")
     m, B, n = a.shape
     v = (rng.normal(size=(n, n)) * 0.5).astype(dtype)  # inverse weight V [n_src, n]
     og = rng.normal(size=(m, B, n)).astype(dtype) * 0.3
-    phi = FEATURES[fname]
+    phi = functools.partial(FEATURES[fname], clamp=clamp)
     gf = act_ref(np.einsum("kbj,ij->kbi", phi(hext[1:].astype(np.float64)), v) + og, gname).astype(dtype)
-    d = (rng.normal(size=(m, B, n)) * 0.2).astype(dtype)
+    d = (rng.normal(size=(m, B, n)) * (1.0 if clamp else 0.2)).astype(dtype)  # targets outside the range too
     inv_count = np.array([0.5, 1.0, 1.0, 0.5, 1.0], dtype=dtype)
     start, stop = m - 1, 0
     rd = d.astype(np.float64).copy()
@@ -374,8 +375,8 @@ def test_scan_inverse_matches_loop(dtype, difference, gname, fname):
             rd[k - 1] = (rd[k - 1] + rp[k]) * inv_count[k - 1]
     p = np.zeros((m, B, n), dtype=dtype)
     tmp = np.zeros((B, n), dtype=dtype)
-    kd.scan_inverse(d, hext, np.ascontiguousarray(v.T), og, gf, CODES[gname], SLOPE, CODES[fname], SLOPE, inv_count,
-                    start, stop, difference, p, tmp)
+    kd.scan_inverse(d, hext, np.ascontiguousarray(v.T), og, gf, CODES[gname], SLOPE, CODES[fname], SLOPE, clamp,
+                    inv_count, start, stop, difference, p, tmp)
     t = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(p, rp, **t)
     np.testing.assert_allclose(d, rd, **t)

@@ -140,8 +140,8 @@ class LearnedInverse(InverseKind):
         return tuple(g for g in (inv.weight, inv.bias, inv.context) if g is not None)
 
     def feature_code(self, eng, st) -> tuple:
-        """``(code, slope)`` of the features ``phi`` the inverse applies to its input: none (IDENTITY) here."""
-        return IDENTITY, 0.0
+        """``(code, slope, clamp)`` of the features ``phi`` the inverse applies to its input: none (IDENTITY) here."""
+        return IDENTITY, 0.0, False
 
     def features(self, eng, st, x2, out2):
         """``phi(x2)`` (2-D), written into ``out2`` (which may be ``x2``) and returned; ``x2`` itself here."""
@@ -178,19 +178,19 @@ class LearnedInverse(InverseKind):
     def scan(self, eng, st, b, slot, sb, code, inv_count, start, stop, difference):
         inv = slot.inverse
         og = self._og_target(slot, sb)
-        fcode, fslope = self.feature_code(eng, st)
+        fcode, fslope, fclamp = self.feature_code(eng, st)
         jm = eng.jit_merges.get(st.id)
         if jm is not None:  # a compiled merge strategy, called inside the scan
             args = (jm.fn, jm.params, b.d, b.hext, eng.wt[inv.weight], og, sb.gf,
-                    eng.inv_codes[(st.id, slot.index)], inv.slope, fcode, fslope, start, stop, difference, sb.p,
-                    b.tmp)
+                    eng.inv_codes[(st.id, slot.index)], inv.slope, fcode, fslope, fclamp, start, stop, difference,
+                    sb.p, b.tmp)
             if eng.gemm is not None:
                 kd.scan_inverse_merge_cblas(eng.gemm, eng.one, eng.zero, *args)
             else:
                 kd.scan_inverse_merge(*args)
             return
         args = (b.d, b.hext, eng.wt[inv.weight], og, sb.gf, eng.inv_codes[(st.id, slot.index)],
-                inv.slope, fcode, fslope, inv_count, start, stop, difference, sb.p, b.tmp)
+                inv.slope, fcode, fslope, fclamp, inv_count, start, stop, difference, sb.p, b.tmp)
         if eng.gemm is not None:
             kd.scan_inverse_cblas(eng.gemm, eng.one, eng.zero, *args)
         else:
@@ -209,16 +209,24 @@ class LearnedInverse(InverseKind):
         return act(z)
 
 
-def adjoint_features(x, act: str = "tanh", slope: float = 0.01):
+#: The output range of each bounded activation: the adjoint features' clamp (``adjoint_clamped``).
+ACT_RANGES = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
+
+
+def adjoint_features(x, act: str = "tanh", slope: float = 0.01, clamp: bool = False):
     """Plain-NumPy ``phi(x)`` of the adjoint inverse for a node of activation ``act``.
 
     ``phi`` is the antiderivative of the activation's derivative written
     through its output (:func:`~tpgraph.kernels.activations.deriv_scalar`):
     ``phi'(h) = act'`` at the pre-activation whose output is ``h``. tanh:
     ``x - x^3/3``; sigmoid: ``x^2/2 - x^3/3``; relu: ``max(x, 0)``; leaky
-    relu: ``x`` or ``slope x``; identity: ``x``.
+    relu: ``x`` or ``slope x``; identity: ``x``. With ``clamp``, ``x`` is
+    first clipped into the activation's output range (:data:`ACT_RANGES`),
+    so ``phi`` is flat outside it.
     """
     x = np.asarray(x, dtype=np.float64)
+    if clamp and act in ACT_RANGES:
+        x = np.clip(x, *ACT_RANGES[act])
     if act == "tanh":
         return x - x ** 3 / 3
     if act == "sigmoid":
@@ -257,6 +265,8 @@ class AdjointInverse(LearnedInverse):
     supports_context = False
     has_features = True
     fixed_act = "identity"
+    #: Clip the features' argument into the activation's output range (:class:`ClampedAdjointInverse`).
+    clamp: ClassVar[bool] = False
 
     def check(self, node, inv, where):
         if inv.act != "identity":
@@ -264,11 +274,11 @@ class AdjointInverse(LearnedInverse):
                              f"its act must be 'identity', got {inv.act!r}")
 
     def feature_code(self, eng, st):
-        return eng.codes[st.id], float(st.node.slope)
+        return eng.codes[st.id], float(st.node.slope), self.clamp
 
     def features(self, eng, st, x2, out2):
-        code, slope = self.feature_code(eng, st)
-        feature_sum(x2, None, code, slope, out2)
+        code, slope, clamp = self.feature_code(eng, st)
+        feature_sum(x2, None, code, slope, clamp, out2)
         return out2
 
     def reference(self, inv, h, *, others, weight=None, bias=None, inverse_weight=None, inverse_bias=None,
@@ -276,10 +286,29 @@ class AdjointInverse(LearnedInverse):
         """As :meth:`InverseKind.reference`, with ``node_act`` (and ``node_slope``) the forward node's activation."""
         if inverse_weight is None:
             raise GraphError("inverse kind 'adjoint': the reference needs the inverse's weight V")
-        z = adjoint_features(h, node_act, node_slope) @ np.asarray(inverse_weight, dtype=np.float64).T + others
+        z = (adjoint_features(h, node_act, node_slope, self.clamp) @ np.asarray(inverse_weight, dtype=np.float64).T
+             + others)
         if inverse_bias is not None:
             z = z + inverse_bias
         return z
+
+
+class ClampedAdjointInverse(AdjointInverse):
+    """``adjoint_clamped``: the adjoint inverse with its features' argument clipped into the activation's range.
+
+    ``g(h) = V phi(clip(h, lo, hi)) + others + c`` with ``[lo, hi]`` the
+    output range of the node's activation (:data:`ACT_RANGES`: tanh
+    ``[-1, 1]``, sigmoid ``[0, 1]``; the others are not clipped). The two
+    kinds agree wherever ``h`` is in the range (every forward value); they
+    differ for targets outside it. There the plain ``phi(h) = h - h^3/3``
+    turns back and then grows as ``-h^3/3``, so under a merge that does not
+    bound the targets (the linear merge over long chains) displacements can
+    grow without limit; the clamped ``phi`` is flat there, as tanh is (a
+    target beyond the range is unreachable, and it passes no credit).
+    """
+
+    name = "adjoint_clamped"
+    clamp = True
 
 
 def analytic_matrix(weight, reg: float) -> np.ndarray:
@@ -430,5 +459,5 @@ def get_inverse_kind(name, where: str | None = None) -> InverseKind:
     return _REGISTRY.get(name, where)
 
 
-for _cls in (LearnedInverse, AnalyticInverse, AdjointInverse):
+for _cls in (LearnedInverse, AnalyticInverse, AdjointInverse, ClampedAdjointInverse):
     register_inverse_kind(_cls)

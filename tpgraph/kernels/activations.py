@@ -188,12 +188,20 @@ def feature_scalar(x, code, slope):
 
 
 @kernel
-def feature_sum(a, b, code, slope, out):
+def feature_sum(a, b, code, slope, clamp, out):
     """``out = phi(a + b)`` over 2-D blocks (``b`` may be ``None``: ``phi(a)``; ``out`` may alias ``a``).
 
-    ``code`` IDENTITY is the plain sum (the learned inverse's input).
+    ``code`` IDENTITY is the plain sum (the learned inverse's input). With
+    ``clamp`` the argument is first clipped into the activation's range
+    (tanh ``[-1, 1]``, sigmoid ``[0, 1]``; the others are unbounded): ``phi``
+    is then flat outside it, as the activation is.
     """
     rows, cols = out.shape
+    lo, hi = -np.inf, np.inf
+    if clamp and (code == TANH or code == TANH_FAST):
+        lo, hi = -1.0, 1.0
+    elif clamp and code == SIGMOID:
+        lo, hi = 0.0, 1.0
     if code == IDENTITY:
         if b is None:
             for r in range(rows):
@@ -203,7 +211,7 @@ def feature_sum(a, b, code, slope, out):
             for r in range(rows):
                 for j in range(cols):
                     out[r, j] = a[r, j] + b[r, j]
-    elif code == TANH or code == TANH_FAST:
+    elif (code == TANH or code == TANH_FAST) and not clamp:
         third = out.dtype.type(1.0 / 3.0)
         for r in range(rows):
             for j in range(cols):
@@ -213,4 +221,4 @@ def feature_sum(a, b, code, slope, out):
         for r in range(rows):
             for j in range(cols):
                 v = a[r, j] if b is None else a[r, j] + b[r, j]
-                out[r, j] = feature_scalar(v, code, slope)
+                out[r, j] = feature_scalar(min(max(v, lo), hi), code, slope)

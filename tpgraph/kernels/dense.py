@@ -134,19 +134,21 @@ def scan_gradient(d, hext, w, code, slope, inv_count, start, stop, p, delta):
 
 
 @kernel
-def scan_inverse(d, hext, vt, og, gf, gcode, slope, fcode, fslope, inv_count, start, stop, difference, p, tmp):
+def scan_inverse(d, hext, vt, og, gf, gcode, slope, fcode, fslope, fclamp, inv_count, start, stop, difference, p,
+                 tmp):
     """Credit back through a chain with a learned inverse (``dtp`` or ``tp``).
 
     ``g(h) = act_g(phi(h) @ vt + og[k])``, ``phi`` the features of code
-    ``fcode`` (:func:`~tpgraph.kernels.activations.feature_sum`: the identity
-    for the ``learned`` kind, the adjoint features for ``adjoint``). For ``k = start .. stop`` the proposal to
+    ``fcode`` (:func:`~tpgraph.kernels.activations.feature_sum`, clamped to
+    the activation's range with ``fclamp``: the identity for the ``learned``
+    kind, the adjoint features for ``adjoint``). For ``k = start .. stop`` the proposal to
     the recurrent input is ``g(h_k + d[k])`` and its displacement ``p[k]`` is
     ``g(h_k + d[k]) - gf[k]`` for ``dtp`` (``difference=True``, ``gf[k]`` the
     inverse at the forward value) or ``g(h_k + d[k]) - h_{k-1}`` for ``tp``.
     Member ``k-1`` then merges it as in :func:`scan_gradient`.
     """
     for k in range(start, stop - 1, -1):
-        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)  # phi(h_hat_k): the target itself for fcode IDENTITY
+        feature_sum(hext[k + 1], d[k], fcode, fslope, fclamp, tmp)  # phi(h_hat_k); for IDENTITY h_hat_k
         pk = p[k]
         np.dot(tmp, vt, pk)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
@@ -338,11 +340,11 @@ def scan_gradient_cblas(gemm, one, zero, d, hext, w, code, slope, inv_count, sta
 
 
 @kernel
-def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, fcode, fslope, inv_count, start, stop,
-                       difference, p, tmp):
+def scan_inverse_cblas(gemm, one, zero, d, hext, vt, og, gf, gcode, slope, fcode, fslope, fclamp, inv_count, start,
+                       stop, difference, p, tmp):
     """:func:`scan_inverse` with ``gemm`` for the products."""
     for k in range(start, stop - 1, -1):
-        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)  # phi(h_hat_k): the target itself for fcode IDENTITY
+        feature_sum(hext[k + 1], d[k], fcode, fslope, fclamp, tmp)  # phi(h_hat_k); for IDENTITY h_hat_k
         pk = p[k]
         mm(gemm, tmp, vt, pk, one, zero)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
@@ -430,11 +432,11 @@ def scan_gradient_merge_cblas(gemm, one, zero, merge, params, d, hext, w, code, 
 
 
 @merge_kernel
-def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope, start, stop, difference, p,
-                       tmp):
+def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope, fclamp, start, stop,
+                       difference, p, tmp):
     """:func:`scan_inverse` with a compiled merge of member ``k - 1``."""
     for k in range(start, stop - 1, -1):
-        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)
+        feature_sum(hext[k + 1], d[k], fcode, fslope, fclamp, tmp)
         pk = p[k]
         np.dot(tmp, vt, pk)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)
@@ -443,11 +445,11 @@ def scan_inverse_merge(merge, params, d, hext, vt, og, gf, gcode, slope, fcode, 
 
 
 @merge_kernel
-def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope,
+def scan_inverse_merge_cblas(gemm, one, zero, merge, params, d, hext, vt, og, gf, gcode, slope, fcode, fslope, fclamp,
                              start, stop, difference, p, tmp):
     """:func:`scan_inverse_merge` with ``gemm`` for the products."""
     for k in range(start, stop - 1, -1):
-        feature_sum(hext[k + 1], d[k], fcode, fslope, tmp)
+        feature_sum(hext[k + 1], d[k], fcode, fslope, fclamp, tmp)
         pk = p[k]
         mm(gemm, tmp, vt, pk, one, zero)
         inverse_finish(pk, og[k], gf[k] if difference else hext[k], gcode, slope)

@@ -278,7 +278,7 @@ class SRN:
         ``"fa"`` (feedback alignment: a fixed random matrix in place of
         ``W_h^T``; the inverse is then neither used nor trained). Any
         registered rule that carries credit and suits a dense node is accepted.
-    inverse : {"learned", "analytic", "adjoint", "joint"}
+    inverse : {"learned", "analytic", "adjoint", "adjoint_clamped", "joint"}
         The kind of the inverse ``G`` (:mod:`tpgraph.inverses`): learned
         (``V_h``, ``c_h``, trained with ``lr_g`` after a warm-up) or the
         analytic regularised inverse of the tanh layer (Roulet & Harchaoui),
@@ -293,7 +293,9 @@ class SRN:
         h_t) = V_h (h_t - h_t^3/3) + W_xh x_t + c_h``, trained like the
         learned one (same groups and initialisation), whose Jacobian
         ``V_h diag(1 - h_t^2)`` can equal the step's transpose; meant for
-        ``inverse_loss="jacobian"`` (:class:`~tpgraph.inverses.AdjointInverse`).
+        ``inverse_loss="jacobian"`` (:class:`~tpgraph.inverses.AdjointInverse`);
+        ``"adjoint_clamped"`` the same with ``h_t`` clipped into ``[-1, 1]``
+        inside the features (:class:`~tpgraph.inverses.ClampedAdjointInverse`).
     inverse_reg : float
         The analytic inverse's regularisation ``reg > 0`` (ignored by the learned one).
     memory_limit : int or str, optional

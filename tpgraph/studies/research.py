@@ -167,6 +167,10 @@ VARIANTS: dict[str, Variant] = _variants(
                                    "method.inverse": "adjoint"},
             "the paper's TP (linear merge, constant rates) with the adjoint inverse and the Jacobian-matching loss "
             "at noise 0.1: whether targets close to backpropagation's still need the clip and the decay"),
+    Variant("adjoint_clamped_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian",
+                                           "method.inverse": "adjoint_clamped"},
+            "adjoint_only with the clamped features (adjoint_clamped): under the linear merge the targets are not "
+            "bounded, and adjoint's h - h^3/3 grows as -h^3/3 outside (-1, 1) (a T = 60 run diverged so)"),
     Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
             "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
             "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "

@@ -225,8 +225,10 @@ class MethodConfig:
                         "the linear merge; V_y trained with V_h, c_h; needs credit dtp or tp, the linear merge, an "
                         "output at every step; BPTT ignores it) or adjoint (G = V_h (h_t - h_t^3/3) + W_xh x_t + c_h, "
                         "trained like learned: its Jacobian V_h diag(1 - h_t^2) can equal the step's transpose "
-                        "W_h^T diag(1 - h_t^2), the minimiser of inverse_loss jacobian)",
-                        choices=("learned", "analytic", "joint", "adjoint"))
+                        "W_h^T diag(1 - h_t^2), the minimiser of inverse_loss jacobian) or adjoint_clamped (adjoint "
+                        "with h_t clipped into [-1, 1] inside the features: the same for every state, flat for targets "
+                        "outside tanh's range, where adjoint's h - h^3/3 turns back and grows)",
+                        choices=("learned", "analytic", "joint", "adjoint", "adjoint_clamped"))
     inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
                               "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
                               above=0.0)
