@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .inverse_losses import LOSS_BUFFERS
 from .nodes import Dense, IndexInput
 from .plan import Plan, Stack
 
@@ -35,10 +36,11 @@ def _pair(shape, dtype):
 class SlotBuffers:
     """Arrays of one input slot of a stack."""
 
+    # the arrays an inverse loss may ask for (tpgraph.inverse_losses.LOSS_BUFFERS) come last, each with its 2-D view
     __slots__ = ("x", "x2", "x1", "gathered", "p", "p2", "og", "og2", "gf", "gf2", "dg", "dg2",
-                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "dgf", "dgf2", "ready",
-                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2", "ve", "ve2", "ge", "ge2", "dge", "dge2",
-                 "fh", "fh2")
+                 "recon", "noise", "xn", "xn2", "fn", "fn2", "gn", "gn2", "aj", "aj2", "ready",
+                 "cy", "cy2", "cz", "cz2", "ogt", "ogt2", "cpre", "cpre2", "fh", "fh2") + tuple(
+        name + view for name in LOSS_BUFFERS for view in ("", "2"))
 
     def __init__(self):
         for name in self.__slots__:

@@ -177,7 +177,14 @@ class JacobianLoss(InverseLoss):
 
 
 # ---------------------------------------------------------------------- the registry
-_REGISTRY: Registry[InverseLoss] = Registry("inverse loss", InverseLoss, "register_inverse_loss")
+def _check_buffers(loss: InverseLoss) -> None:
+    unknown = set(loss.buffers(1, 1)) - set(LOSS_BUFFERS)
+    if unknown:
+        raise GraphError(f"inverse loss {loss.name!r} asks for buffers {sorted(unknown)}; a loss may use "
+                         f"{', '.join(LOSS_BUFFERS)}")
+
+
+_REGISTRY: Registry[InverseLoss] = Registry("inverse loss", InverseLoss, "register_inverse_loss", _check_buffers)
 
 
 def register_inverse_loss(loss: InverseLoss | type, overwrite: bool = False) -> InverseLoss:
@@ -187,13 +194,6 @@ def register_inverse_loss(loss: InverseLoss | type, overwrite: bool = False) -> 
     if the name is taken (unless ``overwrite``), the object is not a loss, or
     it asks for a buffer not in :data:`LOSS_BUFFERS`.
     """
-    if isinstance(loss, type) and issubclass(loss, InverseLoss):
-        loss = loss()
-    if isinstance(loss, InverseLoss):
-        unknown = set(loss.buffers(1, 1)) - set(LOSS_BUFFERS)
-        if unknown:
-            raise GraphError(f"inverse loss {loss.name!r} asks for buffers {sorted(unknown)}; a loss may use "
-                             f"{', '.join(LOSS_BUFFERS)}")
     return _REGISTRY.register(loss, overwrite)
 
 

@@ -77,7 +77,13 @@ class InverseKind(ABC):
     fixed_act: ClassVar[str | None] = None
 
     def check(self, node, inv, where: str) -> None:
-        """Refuse an inverse this kind cannot be for ``node`` (a :class:`~tpgraph.nodes.Dense`): a GraphError naming ``where``."""
+        """Refuse an inverse this kind cannot be for ``node`` (a :class:`~tpgraph.nodes.Dense`): a GraphError naming ``where``.
+
+        The base refuses an activation other than :attr:`fixed_act`, when the kind fixes one.
+        """
+        if self.fixed_act is not None and inv.act != self.fixed_act:
+            raise GraphError(f"{where}: the {self.name!r} inverse fixes its activation, so its act must be "
+                             f"{self.fixed_act!r}, got {inv.act!r}")
 
     def groups(self, inv) -> tuple:
         """The inverse's own parameter groups (trained by the engine)."""
@@ -264,14 +270,9 @@ class AdjointInverse(LearnedInverse):
     name = "adjoint"
     supports_context = False
     has_features = True
-    fixed_act = "identity"
+    fixed_act = "identity"  # g is linear in phi
     #: Clip the features' argument into the activation's output range (:class:`ClampedAdjointInverse`).
     clamp: ClassVar[bool] = False
-
-    def check(self, node, inv, where):
-        if inv.act != "identity":
-            raise GraphError(f"{where}: the adjoint inverse is linear in its features (g(h) = V phi(h) + ...), so "
-                             f"its act must be 'identity', got {inv.act!r}")
 
     def feature_code(self, eng, st):
         return eng.codes[st.id], float(st.node.slope), self.clamp

@@ -19,11 +19,14 @@ class Registry(Generic[T]):
     """Instances of ``base`` by name, in registration order.
 
     ``what`` names one entry in messages (``"credit rule"``); ``register_name``
-    is the public function users call (named in the refusal of a wrong object).
+    is the public function users call (named in the refusal of a wrong object);
+    ``validate``, if given, refuses an entry the family cannot take.
     """
 
-    def __init__(self, what: str, base: type, register_name: str):
+    def __init__(self, what: str, base: type, register_name: str, validate=None):
         self.what, self.base, self.register_name = what, base, register_name
+        #: Called with each new entry before it is stored (a family's own refusals), or None.
+        self.validate = validate
         self._items: dict[str, T] = {}
 
     def register(self, obj, overwrite: bool = False) -> T:
@@ -39,6 +42,8 @@ class Registry(Generic[T]):
             raise GraphError(f"{self.what} {type(obj).__name__} has no name (set the class attribute 'name')")
         if name in self._items and not overwrite:
             raise GraphError(f"{self.what} {name!r} is already registered")
+        if self.validate is not None:
+            self.validate(obj)
         self._items[name] = obj
         return obj
 

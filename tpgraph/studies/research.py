@@ -88,6 +88,13 @@ class Variant:
 _CLIP_SPACE = {"method.clip": {"type": "log_uniform", "low": 0.01, "high": 3.0}}
 
 
+# Override sets that later variants extend (their keys in this order: a study's stored spec repeats them).
+_NOISE_CLIP_DECAY = {"method.noise_sigma": 0.1, "method.merge": "clipped", "protocol.lr_decay": "cosine"}
+_JACOBIAN = {**_NOISE_CLIP_DECAY, "method.inverse_loss": "jacobian"}
+_ADJOINT = {**_JACOBIAN, "method.inverse": "adjoint"}
+_JACOBIAN_ONLY = {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"}
+
+
 def _variants(*vs: Variant) -> dict[str, Variant]:
     return {v.name: v for v in vs}
 
@@ -133,45 +140,36 @@ VARIANTS: dict[str, Variant] = _variants(
             "denoising noise 0.1 and target-step clipping (method.clip searched): the seeds of noise_0.1 that fail "
             "sequence expansion ask for displacements a thousand times larger than those that learn it",
             space=_CLIP_SPACE),
-    Variant("noise_clip_decay", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
-                                       "protocol.lr_decay": "cosine"},
+    Variant("noise_clip_decay", "tp", _NOISE_CLIP_DECAY,
             "noise_clip with a cosine decay of the forward and output rates to 1% at the last batch (the "
             "inverse's kept): noise_clip peaks on sequence expansion and declines while its inverse falls behind",
             space=_CLIP_SPACE),
-    Variant("jacobian", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped", "protocol.lr_decay": "cosine",
-                               "method.inverse_loss": "jacobian"},
+    Variant("jacobian", "tp", _JACOBIAN,
             "noise_clip_decay with the inverse trained by the Jacobian-matching loss (Ernoult et al. 2022) instead "
             "of reconstruction: G's Jacobian learns the transpose of F's, so dtp's targets approach "
             "backpropagation's steps",
             space=_CLIP_SPACE),
-    Variant("jacobian_steps_2", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
-                                       "protocol.lr_decay": "cosine", "method.inverse_loss": "jacobian",
-                                       "protocol.inverse_steps": 2},
+    Variant("jacobian_steps_2", "tp", {**_JACOBIAN, "protocol.inverse_steps": 2},
             "jacobian with two inverse updates per batch: the inverse's Jacobian keeps up with the forward "
             "weights' (at T = 40 a single run of jacobian's seed 1001 gains 14 points by batch 25 000)",
             space=_CLIP_SPACE),
-    Variant("adjoint", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped", "protocol.lr_decay": "cosine",
-                              "method.inverse_loss": "jacobian", "method.inverse": "adjoint"},
+    Variant("adjoint", "tp", _ADJOINT,
             "jacobian with the adjoint inverse G = V_h (h_t - h_t^3/3) + W_xh x_t + c_h (tpgraph.inverses."
             "AdjointInverse): its Jacobian V_h diag(1 - h_t^2) can equal the step's transpose W_h^T diag(1 - "
             "h_t^2) at every state, which the learned tanh(V_h h_t + ...) cannot, and the Jacobian-matching loss "
             "has it as its one stationary point",
             space=_CLIP_SPACE),
-    Variant("adjoint_rollback", "tp", {"method.noise_sigma": 0.1, "method.merge": "clipped",
-                                       "protocol.lr_decay": "cosine", "method.inverse_loss": "jacobian",
-                                       "method.inverse": "adjoint", "protocol.rollback": 10.0},
+    Variant("adjoint_rollback", "tp", {**_ADJOINT, "protocol.rollback": 10.0},
             "adjoint with rollback (factor 10, rates halved): at T = 40 adjoint's search picked lr_f 5e-3, which "
             "solves two seeds and blows W_h up in the third (radius 1.7 to 3.9 within 1500 batches)",
             space=_CLIP_SPACE),
-    Variant("adjoint_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian",
-                                   "method.inverse": "adjoint"},
+    Variant("adjoint_only", "tp", {**_JACOBIAN_ONLY, "method.inverse": "adjoint"},
             "the paper's TP (linear merge, constant rates) with the adjoint inverse and the Jacobian-matching loss "
             "at noise 0.1: whether targets close to backpropagation's still need the clip and the decay"),
-    Variant("adjoint_clamped_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian",
-                                           "method.inverse": "adjoint_clamped"},
+    Variant("adjoint_clamped_only", "tp", {**_JACOBIAN_ONLY, "method.inverse": "adjoint_clamped"},
             "adjoint_only with the clamped features (adjoint_clamped): under the linear merge the targets are not "
             "bounded, and adjoint's h - h^3/3 grows as -h^3/3 outside (-1, 1) (a T = 60 run diverged so)"),
-    Variant("jacobian_only", "tp", {"method.noise_sigma": 0.1, "method.inverse_loss": "jacobian"},
+    Variant("jacobian_only", "tp", _JACOBIAN_ONLY,
             "the paper's TP (linear merge, constant rates) with the Jacobian-matching inverse loss at noise 0.1: "
             "what the loss does without the clip and the decay; compare noise_0.1, the same noise for the "
             "reconstruction loss"),

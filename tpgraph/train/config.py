@@ -127,6 +127,11 @@ def _task_names() -> tuple[str, ...]:
     return tuple(sorted(TASKS))
 
 
+def _srn_inverses() -> tuple[str, ...]:
+    from ..models.srn import srn_inverses
+    return srn_inverses()
+
+
 def _optimizer_names() -> tuple[str, ...]:
     from ..optim import OPTIMIZERS
     return tuple(OPTIMIZERS)
@@ -228,7 +233,7 @@ class MethodConfig:
                         "W_h^T diag(1 - h_t^2), the minimiser of inverse_loss jacobian) or adjoint_clamped (adjoint "
                         "with h_t clipped into [-1, 1] inside the features: the same for every state, flat for targets "
                         "outside tanh's range, where adjoint's h - h^3/3 turns back and grows)",
-                        choices=("learned", "analytic", "joint", "adjoint", "adjoint_clamped"))
+                        choices=_srn_inverses())
     inverse_reg: float = _opt(float, 0.1, "the analytic inverse's regularisation reg (its gain along any "
                               "direction is at most 1 / (2 sqrt(reg)), 1.58 at 0.1); ignored by the learned one",
                               above=0.0)
